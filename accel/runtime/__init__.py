@@ -1,0 +1,1 @@
+"""Runtime: loading models and artifacts, kernel ops, backends."""

@@ -1,0 +1,1 @@
+"""Sparsity: mask formats (N:M, block, unstructured) and pruning criteria."""

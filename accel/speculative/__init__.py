@@ -1,0 +1,1 @@
+"""Speculative decoding and chain-of-thought acceleration."""
