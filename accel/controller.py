@@ -1,0 +1,63 @@
+"""AccelController: the one object a serving stack talks to. It validates a config against the installed
+plugins and the device, picks the kernel backend, and keeps the statistics the runtime reports."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from accel.compat import CompatReport, check_config
+from accel.errors import UnsupportedProfileError
+from accel.plugins.registry import PluginRegistry, get_registry
+from accel.schema import AccelConfig
+
+
+class AccelController:
+    """Set up once with an AccelConfig; later issues add quantization, speculation and CoT on top."""
+
+    def __init__(self, registry: PluginRegistry | None = None) -> None:
+        self.registry = registry or get_registry()
+        self._config: AccelConfig | None = None
+        self._compat: CompatReport | None = None
+        self._stats: dict[str, Any] = {}
+
+    @property
+    def config(self) -> AccelConfig:
+        if self._config is None:
+            raise RuntimeError("AccelController.setup(config) has not been called yet")
+        return self._config
+
+    def setup(self, config: AccelConfig) -> CompatReport:
+        """Validate `config` against the plugins and the device and select the kernel backend.
+
+        Raises UnsupportedProfileError listing every reason when the config cannot run here.
+        """
+        start = time.perf_counter()
+        report = check_config(config, self.registry)
+        if not report.ok:
+            raise UnsupportedProfileError(
+                f"the config cannot run on {report.capability.device_name} (backend {report.backend}):\n- "
+                + "\n- ".join(report.reasons)
+            )
+        self._config, self._compat = config, report
+        self._stats = {
+            "scheme": config.quantization.scheme_name(),
+            "method": config.quantization.method,
+            "backend": report.backend,
+            "device": report.capability.device_name,
+            "device_type": report.capability.device_type,
+            "speculative": config.speculative.strategy if config.speculative else None,
+            "setup_seconds": time.perf_counter() - start,
+        }
+        return report
+
+    def get_stats(self) -> dict[str, Any]:
+        """What the controller has done so far, JSON-ready: setup choices, plugins, kernels chosen."""
+        plugins = self.registry.plugins
+        return {
+            **self._stats,
+            "configured": self._config is not None,
+            "plugins_loaded": sum(p.status == "loaded" for p in plugins),
+            "plugins_failed": [p.name for p in plugins if p.status == "failed"],
+            "kernel_meta": [choice.meta() for choice in self.registry.kernel_trace],
+        }

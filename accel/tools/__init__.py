@@ -1,0 +1,1 @@
+"""Tools: the sage CLI, presets, distillation."""

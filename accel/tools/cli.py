@@ -1,0 +1,204 @@
+"""The `sage` console script. `sage infer ...` is accel's command group; plugins add commands to it.
+
+Human output goes to stderr through rich; `--json` writes one JSON document to stdout for machines.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from accel.compat import check_config
+from accel.config import dumps, load_config, resolve_config
+from accel.errors import AccelError, PluginError
+from accel.plugins.loader import PluginPolicy, run_platform_probes
+from accel.plugins.registry import PluginRegistry, describe, get_registry
+from accel.tools.presets import get_preset, preset_names
+
+console = Console(stderr=True)
+app = typer.Typer(help="sage: the sageLLM command line.", no_args_is_help=True, add_completion=False)
+infer = typer.Typer(help="accel: quantization, sparsity, speculative decoding and kernels.", no_args_is_help=True)
+profile_app = typer.Typer(help="Validate and show profiles (AccelConfig files and presets).", no_args_is_help=True)
+app.add_typer(infer, name="infer")
+infer.add_typer(profile_app, name="profile")
+
+JSON_OPTION = typer.Option(False, "--json", help="Write JSON to stdout instead of a table to stderr.")
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+@infer.command("plugins")
+def plugins_command(as_json: bool = JSON_OPTION) -> None:
+    """List every plugin: distribution, version, hooks, what it provides, and load errors."""
+    registry = get_registry()
+    if as_json:
+        emit_json(describe(registry))
+        return
+    table = Table(title="accel plugins")
+    for column in ("name", "distribution", "version", "status", "provides", "error"):
+        table.add_column(column)
+    for info in registry.plugins:
+        provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in info.provides.items()) or ", ".join(info.hooks)
+        status = {"loaded": "[green]loaded[/]", "failed": "[red]failed[/]"}.get(info.status, info.status)
+        table.add_row(info.name, info.distribution, info.version, status, provides, info.error or "")
+    console.print(table)
+
+
+@infer.command("check")
+def check_command(
+    profile: Path | None = typer.Option(None, "--profile", help="AccelConfig file (.yaml/.json)."),
+    preset: str | None = typer.Option(None, "--preset", help=f"Preset name: {', '.join(preset_names())}."),
+    backend: str | None = typer.Option(None, "--backend", help="Kernel backend to check (default: auto)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Which backends are present, what this device supports, and whether a profile can run here."""
+    registry = get_registry()
+    config = resolve_config(profile, preset)
+    probes = run_platform_probes(registry.policy)
+    backends = [
+        {"name": name, "device_type": spec.device_type, "priority": spec.priority, "available": spec.is_available()}
+        for name, spec in sorted(registry.kernel_backends().items(), key=lambda kv: -kv[1].priority)
+    ]
+    report = check_config(config, registry, backend)
+    result = {
+        "platforms": [p.__dict__ for p in probes],
+        "backends": backends,
+        "capability": report.capability.to_dict(),
+        "profile": config.quantization.scheme_name(),
+        "compatibility": report.to_dict(),
+    }
+    if as_json:
+        emit_json(result)
+    else:
+        _print_check(result, report.ok)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _print_check(result: dict[str, Any], ok: bool) -> None:
+    probes = Table(title="platform probes")
+    for column in ("probe", "distribution", "found", "error"):
+        probes.add_column(column)
+    for p in result["platforms"]:
+        probes.add_row(p["name"], p["distribution"], p["platform"] or "absent", p["error"] or "")
+    console.print(probes)
+    backends = Table(title="kernel backends")
+    for column in ("backend", "device type", "priority", "available"):
+        backends.add_column(column)
+    for b in result["backends"]:
+        backends.add_row(b["name"], b["device_type"], str(b["priority"]), "yes" if b["available"] else "no")
+    console.print(backends)
+    cap = result["capability"]
+    console.print(
+        f"device: [bold]{cap['device_name']}[/] ({cap['device_type']}); quant formats: "
+        f"{', '.join(cap['supported_quant_formats']) or 'none'}; sparse formats: "
+        f"{', '.join(cap['supported_sparse_formats']) or 'none'}"
+    )
+    compat = result["compatibility"]
+    if ok:
+        console.print(f"profile [bold]{result['profile']}[/] can run here on backend {compat['backend']}")
+    else:
+        console.print(f"profile [bold]{result['profile']}[/] [red]cannot run here[/]:")
+        for reason in compat["reasons"]:
+            console.print(f"  - {reason}", highlight=False)
+
+
+@profile_app.command("validate")
+def profile_validate(path: Path, as_json: bool = JSON_OPTION) -> None:
+    """Validate an AccelConfig file; errors name the field, the value and what is allowed."""
+    config = load_config(path)
+    if as_json:
+        emit_json({"file": str(path), "valid": True, "config": config.to_dict()})
+    else:
+        console.print(f"{path}: valid ({config.quantization.scheme_name()})")
+
+
+@profile_app.command("show")
+def profile_show(
+    preset: str,
+    fmt: str = typer.Option("yaml", "--format", help="yaml or json"),
+) -> None:
+    """Print a preset as a profile file you can edit and pass back with --profile."""
+    if fmt not in ("yaml", "json"):
+        raise fail(f"--format: got {fmt!r}; allowed: yaml, json")
+    sys.stdout.write(dumps(get_preset(preset), fmt))
+
+
+@profile_app.command("list")
+def profile_list(as_json: bool = JSON_OPTION) -> None:
+    """List the presets with their scheme names."""
+    rows = [{"preset": name, "scheme": get_preset(name).quantization.scheme_name()} for name in preset_names()]
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table(title="presets")
+    table.add_column("preset")
+    table.add_column("scheme")
+    for row in rows:
+        table.add_row(row["preset"], row["scheme"])
+    console.print(table)
+
+
+@infer.command("eval")
+def eval_command(
+    model: str | None = typer.Option(None, "--model", help="HF model id or directory (default: bundled)."),
+    seq_len: int = typer.Option(512, "--seq-len", min=8, help="Tokens per evaluation window."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", min=8, help="Evaluate at most this many tokens."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Perplexity of a model on the held-out evaluation split of the bundled corpus."""
+    from accel.data.corpus import corpus_fingerprint
+    from accel.evaluation.perplexity import evaluate_perplexity
+    from accel.runtime.loaders import load_model, model_info
+
+    with console.status("loading model"):
+        lm, tokenizer = load_model(model)
+    result = evaluate_perplexity(lm, tokenizer, seq_len=seq_len, max_tokens=max_tokens, progress=not as_json)
+    info = model_info(lm)
+    data = {"model": model or "bundled", "model_info": info, **result.__dict__,
+            "corpus_sha256": corpus_fingerprint()}
+    if as_json:
+        emit_json(data)
+        return
+    table = Table(title=f"perplexity on the evaluation split ({data['model']})")
+    for column in ("perplexity", "tokens", "windows", "seq len", "seconds"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{result.perplexity:.3f}", str(result.num_tokens), str(result.num_windows),
+                  str(result.seq_len), f"{result.seconds:.1f}")
+    console.print(table)
+
+
+def build_app(registry: PluginRegistry) -> typer.Typer:
+    """The app with every plugin's commands added to `sage infer`."""
+    for error in registry.register_commands(infer):
+        console.print(f"[yellow]warning:[/] {error}", highlight=False)
+    return app
+
+
+def main() -> None:
+    """Console-script entry point: load plugins (reporting failures), then run the command."""
+    try:
+        registry = get_registry()
+    except PluginError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        if PluginPolicy.from_env().strict:
+            console.print("strict mode is on (ACCEL_STRICT_PLUGINS); unset it to skip broken plugins")
+        sys.exit(1)
+    try:
+        build_app(registry)()  # standalone: click reports usage errors and sets exit codes
+    except AccelError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
