@@ -9,7 +9,10 @@ Core's built-ins are not entry points and are not affected by the lists.
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint
@@ -51,11 +54,23 @@ class PluginPolicy:
 
 
 def distribution_of(entry_point: EntryPoint) -> tuple[str, str]:
-    """(distribution name, version) that declared the entry point."""
-    dist = entry_point.dist
-    if dist is None:
-        return ("unknown", "unknown")
-    return (dist.metadata["Name"] or dist.name, dist.version)
+    """(distribution name, version) that declared the entry point.
+
+    stevedore's entry-point cache drops `EntryPoint.dist`, so it is looked up in the installed metadata.
+    """
+    key = (entry_point.group, entry_point.name, entry_point.value)
+    return _declaring_distributions(tuple(sys.path)).get(key, ("unknown", "unknown"))
+
+
+@functools.lru_cache(maxsize=8)
+def _declaring_distributions(_path: tuple[str, ...]) -> dict[tuple[str, str, str], tuple[str, str]]:
+    """Scan installed metadata once per sys.path (which decides what is installed)."""
+    found: dict[tuple[str, str, str], tuple[str, str]] = {}
+    for dist in importlib.metadata.distributions():
+        for ep in dist.entry_points:
+            if ep.group in (PLUGIN_GROUP, PLATFORM_GROUP):
+                found.setdefault((ep.group, ep.name, ep.value), (dist.metadata["Name"], dist.version))
+    return found
 
 
 def _raise_on_duplicate(namespace: str, name: str, extensions: list[Extension[Any]]) -> Extension[Any]:

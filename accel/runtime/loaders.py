@@ -75,6 +75,13 @@ def _cache_is_valid(directory: Path, stamp: dict[str, Any]) -> bool:
     return recorded == stamp and (directory / "config.json").is_file()
 
 
+def _dequantize_option() -> dict[str, Any]:
+    """Ask for dense float weights: transformers with GgufConfig otherwise keeps GGUF blocks when it can."""
+    if hasattr(transformers, "GgufConfig"):
+        return {"quantization_config": transformers.GgufConfig(dequantize=True)}
+    return {}
+
+
 def _convert_bundled(gguf: Path, target: Path, stamp: dict[str, Any]) -> None:
     """Dequantize the GGUF to float32 safetensors in a temp dir beside `target`, then rename it into place.
 
@@ -90,7 +97,12 @@ def _convert_bundled(gguf: Path, target: Path, stamp: dict[str, Any]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32, **_dequantize_option()
+        )
+        if getattr(model, "hf_quantizer", None) is not None:
+            # Weights are plain float tensors now; drop the GGUF quantizer so save_pretrained accepts them.
+            model.hf_quantizer.remove_quantization_config(model)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
