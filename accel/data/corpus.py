@@ -11,10 +11,10 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from pydoc_data.topics import topics
 from typing import Literal
 
 import torch
-from pydoc_data.topics import topics
 from transformers import PreTrainedTokenizerBase
 
 from accel.errors import AccelError
@@ -62,7 +62,7 @@ def corpus_fingerprint() -> str:
 
 
 def tokenize(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:
-    """The whole text as one 1-D tensor of token ids, without special tokens (the windows are arbitrary cuts)."""
+    """The whole text as one 1-D tensor of token ids, without special tokens (windows are arbitrary cuts)."""
     ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
 
@@ -89,7 +89,7 @@ def calibration_samples(
 def evaluation_windows(
     tokenizer: PreTrainedTokenizerBase, seq_len: int, max_tokens: int | None = None
 ) -> torch.Tensor:
-    """The evaluation split (first `max_tokens` tokens if given) cut into consecutive, non-overlapping windows.
+    """The evaluation split (its first `max_tokens` tokens if given) in consecutive non-overlapping windows.
 
     Returns [n, seq_len] with n = tokens // seq_len; the incomplete tail is dropped.
     """
@@ -115,7 +115,9 @@ def _read_jsonl(path: Path) -> str:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise CorpusError(f"{path}:{number}: not valid JSON ({exc.msg}); write one object per line")
+                raise CorpusError(
+                    f"{path}:{number}: not valid JSON ({exc.msg}); write one JSON object per line"
+                ) from None
             text = record.get("text") if isinstance(record, dict) else None
             if not isinstance(text, str):
                 raise CorpusError(
@@ -167,7 +169,9 @@ def load_text_source(source: str, split: Split = "calibration") -> str:
             else:
                 raise CorpusError(f"{path}: unknown text format {path.suffix!r}; use .txt or .jsonl")
         except UnicodeDecodeError as exc:
-            raise CorpusError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-encode it") from exc
+            raise CorpusError(
+                f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-encode it"
+            ) from exc
         if not text.strip():
             raise CorpusError(f"{path}: no text in the file; pass a file with some text in it")
         return text

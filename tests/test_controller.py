@@ -1,0 +1,48 @@
+"""AccelController.setup against the real registry and the host device."""
+
+import pytest
+
+from accel.controller import AccelController
+from accel.errors import UnsupportedProfileError
+from accel.plugins import load_registry
+from accel.plugins.loader import PluginPolicy
+from accel.schema import AccelConfig, QuantizationProfile
+from accel.tools.presets import get_preset
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_registry(PluginPolicy())
+
+
+def test_setup_records_choices(registry):
+    controller = AccelController(registry)
+    config = AccelConfig(quantization=QuantizationProfile(weight_bits=4, method="rtn"))
+    report = controller.setup(config)
+    assert report.ok and controller.config is config
+    stats = controller.get_stats()
+    assert stats["configured"] and stats["scheme"] == "w4a16" and stats["backend"] == report.backend
+    assert stats["plugins_failed"] == []
+
+
+def test_setup_refuses_with_every_reason(registry):
+    controller = AccelController(registry)
+    with pytest.raises(UnsupportedProfileError) as excinfo:
+        controller.setup(get_preset("fp8-kv8"))
+    message = str(excinfo.value)
+    assert "quantization.method 'fp8'" in message and "kv-int8" in message
+    with pytest.raises(RuntimeError, match="setup"):
+        _ = controller.config
+
+
+def test_named_backend_that_is_absent(registry):
+    config = AccelConfig(quantization=QuantizationProfile(kernel_backend="nonexistent"))
+    with pytest.raises(UnsupportedProfileError, match="unknown kernel backend 'nonexistent'"):
+        AccelController(registry).setup(config)
+
+
+def test_unknown_draft_strategy(registry):
+    config = get_preset("spec-ngram")
+    config.speculative.strategy = "eagle"
+    with pytest.raises(UnsupportedProfileError, match="speculative.strategy 'eagle'"):
+        AccelController(registry).setup(config)
