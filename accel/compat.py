@@ -67,7 +67,9 @@ def plugin_reasons(config: AccelConfig, registry: PluginRegistry) -> list[str]:
     spec_cfg = config.speculative
     if spec_cfg is not None and spec_cfg.enabled and spec_cfg.strategy not in registry.draft_strategies():
         known = ", ".join(sorted(registry.draft_strategies()))
-        reasons.append(f"speculative.strategy {spec_cfg.strategy!r} is not provided by any loaded plugin (have: {known})")
+        reasons.append(
+            f"speculative.strategy {spec_cfg.strategy!r} is not provided by any loaded plugin (have: {known})"
+        )
     return reasons
 
 

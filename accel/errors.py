@@ -25,3 +25,7 @@ class ModelNotAvailableError(AccelError):
 
 class UnsupportedProfileError(AccelError):
     """The profile asks for something the selected backend or installed plugins cannot do."""
+
+
+class CorpusError(AccelError, ValueError):
+    """A text source is missing, malformed or too short for what was asked of it."""

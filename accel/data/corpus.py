@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from accel.errors import AccelError
+from accel.errors import CorpusError
 
 Split = Literal["calibration", "evaluation"]
 SPLITS: tuple[Split, ...] = ("calibration", "evaluation")
@@ -34,10 +34,6 @@ __all__ = [
     "split_of",
     "tokenize",
 ]
-
-
-class CorpusError(AccelError, ValueError):
-    """A text source is missing, malformed or too short for what was asked of it."""
 
 
 def split_of(topic: str) -> Split:
@@ -86,9 +82,7 @@ def calibration_samples(
     return tokens[offsets]
 
 
-def evaluation_windows(
-    tokenizer: PreTrainedTokenizerBase, seq_len: int, max_tokens: int | None = None
-) -> torch.Tensor:
+def evaluation_windows(tokenizer: PreTrainedTokenizerBase, seq_len: int, max_tokens: int | None = None) -> torch.Tensor:
     """The evaluation split (its first `max_tokens` tokens if given) in consecutive non-overlapping windows.
 
     Returns [n, seq_len] with n = tokens // seq_len; the incomplete tail is dropped.
@@ -169,9 +163,7 @@ def load_text_source(source: str, split: Split = "calibration") -> str:
             else:
                 raise CorpusError(f"{path}: unknown text format {path.suffix!r}; use .txt or .jsonl")
         except UnicodeDecodeError as exc:
-            raise CorpusError(
-                f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-encode it"
-            ) from exc
+            raise CorpusError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-encode it") from exc
         if not text.strip():
             raise CorpusError(f"{path}: no text in the file; pass a file with some text in it")
         return text

@@ -38,9 +38,7 @@ def perplexity(
     N = n * (seq_len - 1); the log-softmax runs in float32 whatever the model's dtype.
     """
     if windows.ndim != 2 or windows.shape[0] == 0 or windows.shape[1] < 2:
-        raise ValueError(
-            f"windows must be [n >= 1, seq_len >= 2] token ids, got shape {tuple(windows.shape)}"
-        )
+        raise ValueError(f"windows must be [n >= 1, seq_len >= 2] token ids, got shape {tuple(windows.shape)}")
     device = next(model.parameters()).device
     num_windows, seq_len = windows.shape
     total_nll = 0.0  # a Python float (double) accumulates the per-batch sums without float32 drift

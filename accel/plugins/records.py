@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import torch
 
     from accel.quantization.method import QuantMethod
-    from accel.schema import CapabilityDescriptor, SpeculativeConfig
+    from accel.schema import CapabilityDescriptor
     from accel.speculative.draft import DraftStrategy
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_\-:.]*$")

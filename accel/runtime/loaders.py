@@ -150,27 +150,29 @@ def load_model(
     """
     local_only = os.environ.get("ACCEL_ALLOW_DOWNLOAD") != "1"
     if model is None or model in ("bundled", BUNDLED_MODEL):
-        source, what = str(_bundled_dir()), f"the bundled model cache {bundled_cache_dir()}"
-        local_only = True
+        source, local_only = str(_bundled_dir()), True
+        hint = f"the bundled model cache {source} is unreadable; delete it and load again to rebuild it"
     elif Path(model).expanduser().is_dir():
-        source, what = str(Path(model).expanduser()), f"model directory {model}"
+        source = str(Path(model).expanduser())
+        hint = f"model directory {model} needs config.json, the weights and the tokenizer files"
     elif _looks_like_path(model):
         raise ModelNotAvailableError(
             f"model directory {model} does not exist; pass an existing directory with config.json, "
             f"a Hugging Face model id, or omit the model to use the bundled default ({BUNDLED_MODEL})"
         )
+    elif local_only:
+        source = model
+        hint = (
+            f"Hugging Face model {model} is not in the local Hugging Face cache; download it first "
+            f"(`hf download {model}`) or set ACCEL_ALLOW_DOWNLOAD=1"
+        )
     else:
-        source, what = model, f"Hugging Face model {model}"
+        source, hint = model, f"Hugging Face model {model} could not be fetched; check the id and the network"
     try:
         loaded = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     except (OSError, ValueError) as exc:
-        hint = (
-            "download it first (huggingface-cli download ID) or set ACCEL_ALLOW_DOWNLOAD=1"
-            if local_only and source == model
-            else "check that it holds config.json, the weights and the tokenizer files"
-        )
-        raise ModelNotAvailableError(f"could not load {what}: {exc}; {hint}") from exc
+        raise ModelNotAvailableError(f"{hint} (transformers said: {exc})") from exc
     return loaded.to(device=device).eval(), tokenizer
 
 

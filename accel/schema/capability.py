@@ -63,12 +63,12 @@ def profile_support(profile: QuantizationProfile, capability: CapabilityDescript
         for fmt in required_formats(profile)
         if fmt not in capability.supported_quant_formats
     ]
-    if profile.sparsity_pattern not in ("none", "unstructured"):
-        if profile.sparsity_pattern not in capability.supported_sparse_formats:
-            reasons.append(
-                f"{capability.device_name} has no sparse kernel for {profile.sparsity_pattern}; "
-                "the dense-with-zeros weights would run instead"
-            )
+    structured = profile.sparsity_pattern not in ("none", "unstructured")
+    if structured and profile.sparsity_pattern not in capability.supported_sparse_formats:
+        reasons.append(
+            f"{capability.device_name} has no sparse kernel for {profile.sparsity_pattern}; "
+            "the dense-with-zeros weights would run instead"
+        )
     limit = capability.max_sequence_length
     if limit is not None and profile.max_sequence_length > limit:
         reasons.append(f"max_sequence_length {profile.max_sequence_length} exceeds the device's {limit}")

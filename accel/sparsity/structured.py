@@ -39,7 +39,8 @@ def nm_violations(mask: torch.Tensor, n: int, m: int) -> list[str]:
     if len(bad) == 0:
         return []
     row, group = bad[0].tolist()
-    return [f"{len(bad)} groups keep more than {n} of {m}; first at row {row}, columns {group * m}..{group * m + m - 1}"]
+    first = f"row {row}, columns {group * m}..{group * m + m - 1}"
+    return [f"{len(bad)} groups keep more than {n} of {m}; first at {first}"]
 
 
 def block_mask(scores: torch.Tensor, ratio: float, block_shape: tuple[int, int]) -> torch.Tensor:
@@ -50,7 +51,7 @@ def block_mask(scores: torch.Tensor, ratio: float, block_shape: tuple[int, int])
     padded = torch.zeros((grid_r * br, grid_c * bc), dtype=torch.float32, device=scores.device)
     padded[:rows, :cols] = scores.float()
     block_scores = padded.view(grid_r, br, grid_c, bc).sum(dim=(1, 3))  # [grid_r, grid_c]
-    num_dropped = int(round(ratio * block_scores.numel()))
+    num_dropped = round(ratio * block_scores.numel())
     keep_blocks = torch.ones(block_scores.numel(), dtype=torch.bool, device=scores.device)
     if num_dropped:
         keep_blocks[block_scores.flatten().topk(num_dropped, largest=False).indices] = False

@@ -12,7 +12,7 @@ import torch
 def unstructured_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     """Drop round(ratio * in) lowest scores in every row; True = kept."""
     rows, cols = scores.shape
-    dropped = int(round(ratio * cols))
+    dropped = round(ratio * cols)
     keep = torch.ones((rows, cols), dtype=torch.bool, device=scores.device)
     if dropped:
         keep.scatter_(1, scores.float().topk(dropped, dim=1, largest=False).indices, False)

@@ -11,7 +11,7 @@ from accel.plugins import load_registry
 from accel.plugins.loader import PluginPolicy
 from accel.schema import CapabilityDescriptor
 
-from ..conftest import FIXTURES, run_sage  # noqa: TID252
+from ..conftest import FIXTURES, run_sage
 
 
 def test_builtins_register_through_the_hooks():

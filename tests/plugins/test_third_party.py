@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ..conftest import ROOT, run_sage  # noqa: TID252
+from ..conftest import ROOT, run_sage
 
 EXAMPLE = ROOT / "examples" / "accel-pow2"
 

@@ -85,10 +85,10 @@ def test_required_formats_and_support():
 
 
 def test_accel_config_yaml_round_trip():
+    import yaml
+
     from accel.config import dumps
     from accel.schema.io import validate
-
-    import yaml
 
     config = AccelConfig(
         quantization=QuantizationProfile(weight_bits=4, method="gptq"),

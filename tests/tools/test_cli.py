@@ -9,7 +9,7 @@ from accel.plugins import load_registry
 from accel.plugins.loader import PluginPolicy
 from accel.tools.cli import build_app
 
-from ..conftest import run_sage  # noqa: TID252
+from ..conftest import run_sage
 
 runner = CliRunner()
 app = build_app(load_registry(PluginPolicy()))

@@ -3,10 +3,10 @@
 import math
 
 import torch
+from accel_pow2.method import Pow2Config, Pow2RTN
 
 from accel.quantization import WeightQuantArgs, quantize
 from accel.testing import parametrize_with_checks, records_of
-from accel_pow2.method import Pow2Config, Pow2RTN
 
 
 @parametrize_with_checks(records_of("accel-pow2"))

@@ -1,0 +1,45 @@
+"""accel-cuda's hooks: registers the CUDA backend and answers kernel selection only for ops it has.
+
+Its kernel table is empty today, so every op on a CUDA device falls through to core's portable reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from accel.plugins import KernelBackendSpec, KernelChoice, hookimpl
+from accel.schema import CapabilityDescriptor
+from accel_cuda.platform import CudaPlatform
+
+BACKEND = "cuda"
+
+
+def kernels() -> dict[str, Callable[..., Any]]:
+    """This backend's own kernels by op name; none yet, so the reference kernels run."""
+    return {}
+
+
+@hookimpl
+def accel_register_kernel_backends() -> list[KernelBackendSpec]:
+    """The CUDA backend, ahead of the reference and the other vendor backends."""
+    return [
+        KernelBackendSpec(
+            name=BACKEND,
+            description="NVIDIA GPUs through PyTorch CUDA; runs the portable reference kernels on the GPU",
+            device_type=CudaPlatform.device_type,
+            is_available=CudaPlatform.is_available,
+            capability=CudaPlatform.capability,
+            kernels=kernels,
+            priority=10,
+        )
+    ]
+
+
+@hookimpl
+def accel_select_kernel(op: str, capability: CapabilityDescriptor) -> KernelChoice | None:
+    """This backend's kernel for `op` on a CUDA device; None otherwise, so the reference answers."""
+    impl = kernels().get(op)
+    if capability.device_type != CudaPlatform.device_type or impl is None:
+        return None
+    return KernelChoice(backend=BACKEND, op=op, impl=impl, reason="CUDA kernel")

@@ -1,0 +1,8 @@
+"""accel-kunlun's records pass core's conformance kit."""
+
+from accel.testing import parametrize_with_checks, records_of
+
+
+@parametrize_with_checks(records_of("accel-kunlun"))
+def test_conformance(record, check):
+    check(record)

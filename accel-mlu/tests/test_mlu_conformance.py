@@ -1,0 +1,8 @@
+"""accel-mlu's records pass core's conformance kit."""
+
+from accel.testing import parametrize_with_checks, records_of
+
+
+@parametrize_with_checks(records_of("accel-mlu"))
+def test_conformance(record, check):
+    check(record)
