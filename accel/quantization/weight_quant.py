@@ -62,15 +62,19 @@ class WeightQuantArgs:
 @dataclass
 class QuantizedWeight:
     """Integer codes `q` [out, in] (int8 storage) with `scale` and `zero_point` of shape
-    [1, 1] (tensor), [out, 1] (channel) or [out, ceil(in / g)] (group)."""
+    [1, 1] (tensor), [out, 1] (channel) or [out, ceil(in / g)] (group).
+
+    `g_idx` [in] (GPTQ act-order) maps each input column to its group; without it column i is in group
+    i // group_size."""
 
     q: torch.Tensor
     scale: torch.Tensor
     zero_point: torch.Tensor | None
     args: WeightQuantArgs
+    g_idx: torch.Tensor | None = None
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        return dequantize(self.q, self.scale, self.zero_point, self.args, dtype or self.scale.dtype)
+        return dequantize(self.q, self.scale, self.zero_point, self.args, dtype or self.scale.dtype, self.g_idx)
 
 
 def _grouped(weight: torch.Tensor, args: WeightQuantArgs) -> torch.Tensor:
@@ -106,22 +110,30 @@ def compute_qparams(
     return scale, zero_point.to(torch.int8)
 
 
-def expand_to_columns(params: torch.Tensor, args: WeightQuantArgs, in_features: int) -> torch.Tensor:
-    """Broadcast [*, groups] scales or zero points to one value per weight column."""
+def expand_to_columns(
+    params: torch.Tensor, args: WeightQuantArgs, in_features: int, g_idx: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Broadcast [*, groups] scales or zero points to one value per weight column (by g_idx if given)."""
     if args.strategy != "group":
         return params
+    if g_idx is not None:
+        return params[:, g_idx.long()]
     return params.repeat_interleave(args.group_size, dim=1)[:, :in_features]
 
 
 def quantize_with_qparams(
-    weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, args: WeightQuantArgs
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor | None,
+    args: WeightQuantArgs,
+    g_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q = clamp(round(w / s) + zp, qmin, qmax), as int8."""
     in_features = weight.shape[1]
-    s = expand_to_columns(scale, args, in_features).to(weight.dtype)
+    s = expand_to_columns(scale, args, in_features, g_idx).to(weight.dtype)
     q = torch.round(weight / s)
     if zero_point is not None:
-        q = q + expand_to_columns(zero_point, args, in_features).to(weight.dtype)
+        q = q + expand_to_columns(zero_point, args, in_features, g_idx).to(weight.dtype)
     return torch.clamp(q, args.qmin, args.qmax).to(torch.int8)
 
 
@@ -142,13 +154,14 @@ def dequantize(
     zero_point: torch.Tensor | None,
     args: WeightQuantArgs,
     dtype: torch.dtype = torch.float32,
+    g_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """w^ = (q - zp) * s, in `dtype`."""
     in_features = q.shape[1]
     values = q.to(dtype)
     if zero_point is not None:
-        values = values - expand_to_columns(zero_point, args, in_features).to(dtype)
-    return values * expand_to_columns(scale, args, in_features).to(dtype)
+        values = values - expand_to_columns(zero_point, args, in_features, g_idx).to(dtype)
+    return values * expand_to_columns(scale, args, in_features, g_idx).to(dtype)
 
 
 def fake_quantize(weight: torch.Tensor, args: WeightQuantArgs) -> torch.Tensor:
