@@ -51,6 +51,31 @@ class AccelController:
         }
         return report
 
+    def get_quantized_model(self, model_path: str | None = None, out: str | None = None) -> Any:
+        """Load `model_path` (None: the bundled model), quantize it with the configured profile, and write
+        the artifact to `out` when given. Returns the quantized model (QuantLinear layers in place)."""
+        from pathlib import Path
+
+        from accel.runtime.loaders import load_model
+        from accel.tools.quantize import kernel_meta, quantize_loaded
+
+        config = self.config
+        model, tokenizer = load_model(model_path)
+        result, _, _ = quantize_loaded(model, tokenizer, config, self.registry, evaluate=False, progress=False)
+        if out is not None:
+            from accel.runtime.artifact import save_artifact
+
+            save_artifact(
+                model, tokenizer, Path(out), config, source=model_path or "bundled",
+                kv_scales=result.kv_scales or None, layer_choices=result.layers,
+                kernel_meta=kernel_meta(self.registry, result.layers), overwrite=True,
+            )
+        self._stats["quantization"] = {
+            "seconds": result.seconds, "calibration_tokens": result.calibration_tokens,
+            "layers_quantized": sum("num_bits" in c for c in result.layers.values()),
+        }
+        return model
+
     def get_stats(self) -> dict[str, Any]:
         """What the controller has done so far, JSON-ready: setup choices, plugins, kernels chosen."""
         plugins = self.registry.plugins

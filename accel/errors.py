@@ -29,3 +29,7 @@ class UnsupportedProfileError(AccelError):
 
 class CorpusError(AccelError, ValueError):
     """A text source is missing, malformed or too short for what was asked of it."""
+
+
+class ArtifactError(AccelError):
+    """An artifact cannot be written or loaded: it exists, is incomplete, tampered with, or in a refused format."""

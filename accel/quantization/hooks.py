@@ -15,5 +15,12 @@ def accel_register_quant_methods() -> list[QuantMethodSpec]:
             description="round-to-nearest with min/max ranges (baseline, no calibration)",
             factory=lambda _config: RTN(),
             config_model=EmptyConfig,
-        )
+        ),
+        QuantMethodSpec(
+            name="fp8",
+            description="round-to-nearest onto fp8 e4m3 with absmax scales (weight_type 'float')",
+            factory=lambda _config: RTN(),
+            config_model=EmptyConfig,
+            weight_bits=(8,),
+        ),
     ]

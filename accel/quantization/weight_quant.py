@@ -7,6 +7,9 @@ scales:
     symmetric:  s = max(|min w|, |max w|) / ((qmax - qmin) / 2),  zp = 0
     asymmetric: s = (max(w, 0) - min(w, 0)) / (qmax - qmin),       zp = qmin - round(min(w, 0) / s)
 A group size that does not divide the input dimension gives ceil(in / g) groups, the last one partial.
+
+fp8 (type "float", 8 bits) is e4m3 with a scale per tensor or channel: s = max |w| / 448,
+q = fp8(clamp(w / s, -448, 448)), w^ = q * s.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import torch
 from accel.schema import QuantizationProfile
 
 Strategy = Literal["tensor", "channel", "group"]
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448
 
 
 @dataclass(frozen=True)
@@ -30,28 +35,36 @@ class WeightQuantArgs:
     symmetric: bool = True
     strategy: Strategy = "group"
     group_size: int = 128
+    type: Literal["int", "float"] = "int"
 
     def __post_init__(self) -> None:
+        if self.type == "float" and (self.num_bits != 8 or not self.symmetric):
+            raise ValueError("float weights are fp8 e4m3: num_bits 8, symmetric")
         if not 2 <= self.num_bits <= 8:
             raise ValueError(f"num_bits must be 2..8 for integer weights, got {self.num_bits}")
         if self.strategy == "group" and self.group_size <= 0:
             raise ValueError(f"strategy 'group' needs group_size > 0, got {self.group_size}")
 
     @property
-    def qmin(self) -> int:
-        return -(2 ** (self.num_bits - 1))
+    def is_fp8(self) -> bool:
+        return self.type == "float"
 
     @property
-    def qmax(self) -> int:
-        return 2 ** (self.num_bits - 1) - 1
+    def qmin(self) -> float:
+        return -FP8_MAX if self.is_fp8 else -(2 ** (self.num_bits - 1))
+
+    @property
+    def qmax(self) -> float:
+        return FP8_MAX if self.is_fp8 else 2 ** (self.num_bits - 1) - 1
 
     @classmethod
     def from_profile(cls, profile: QuantizationProfile) -> WeightQuantArgs:
         return cls(
             num_bits=profile.weight_bits,
-            symmetric=profile.symmetric,
+            symmetric=profile.symmetric or profile.weight_type == "float",
             strategy=profile.weight_strategy,
             group_size=profile.group_size if profile.weight_strategy == "group" else -1,
+            type=profile.weight_type,
         )
 
     def num_groups(self, in_features: int) -> int:
@@ -100,6 +113,9 @@ def compute_qparams(
     w_max = torch.clamp(w_max, min=0)
     bit_range = args.qmax - args.qmin
     eps = torch.finfo(w_min.dtype).eps
+    if args.is_fp8:
+        scale = torch.maximum(w_min.abs(), w_max) / FP8_MAX
+        return torch.where(scale == 0, torch.full_like(scale, eps), scale), None
     if args.symmetric:
         scale = torch.maximum(w_min.abs(), w_max) / (bit_range / 2)
         scale = torch.where(scale == 0, torch.full_like(scale, eps), scale)
@@ -128,9 +144,11 @@ def quantize_with_qparams(
     args: WeightQuantArgs,
     g_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """q = clamp(round(w / s) + zp, qmin, qmax), as int8."""
+    """q = clamp(round(w / s) + zp, qmin, qmax), as int8 (fp8: fp8(clamp(w / s)), rounding by the cast)."""
     in_features = weight.shape[1]
     s = expand_to_columns(scale, args, in_features, g_idx).to(weight.dtype)
+    if args.is_fp8:
+        return torch.clamp(weight / s, -FP8_MAX, FP8_MAX).to(FP8_DTYPE)
     q = torch.round(weight / s)
     if zero_point is not None:
         q = q + expand_to_columns(zero_point, args, in_features, g_idx).to(weight.dtype)
@@ -138,7 +156,7 @@ def quantize_with_qparams(
 
 
 def quantize(weight: torch.Tensor, args: WeightQuantArgs) -> QuantizedWeight:
-    """Round-to-nearest quantization of a 2-D weight [out, in] with min/max ranges."""
+    """Round-to-nearest quantization of a 2-D weight [out, in] with min/max ranges (fp8: absmax)."""
     if weight.ndim != 2:
         raise ValueError(f"expected a 2-D weight [out, in], got shape {tuple(weight.shape)}")
     work = weight if weight.dtype == torch.float64 else weight.float()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -76,8 +76,10 @@ class QuantizationProfile(AccelModel):
     kv_type: NumberType = "int"
     kv_strategy: Literal["token", "channel", "kivi"] = "token"
 
-    # Method and granularity.
+    # Method and granularity. `method_config` holds the method's own settings (validated against the
+    # config model its plugin registers), e.g. {"dampening_frac": 0.01, "act_order": true} for GPTQ.
     method: str = "none"
+    method_config: dict[str, Any] = Field(default_factory=dict)
     weight_strategy: Literal["tensor", "channel", "group"] = "group"
     group_size: int = 128
     symmetric: bool = True
@@ -89,8 +91,8 @@ class QuantizationProfile(AccelModel):
     # Execution and calibration.
     kernel_backend: str = "auto"
     calibration_dataset: str = "bundled"
-    calibration_samples: int = Field(default=128, gt=0)
-    calibration_sequence_length: int = Field(default=512, gt=0)
+    calibration_samples: int = Field(default=64, gt=0)
+    calibration_sequence_length: int = Field(default=256, gt=0)
     max_sequence_length: int = Field(default=4096, gt=0)
 
     # Mixed precision.

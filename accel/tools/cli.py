@@ -181,6 +181,50 @@ def eval_command(
     console.print(table)
 
 
+@infer.command("quantize")
+def quantize_command(
+    model: str | None = typer.Option(None, "--model", help="HF model id or directory (default: bundled)."),
+    profile: Path | None = typer.Option(None, "--profile", help="AccelConfig file (.yaml/.json)."),
+    preset: str | None = typer.Option(None, "--preset", help="Preset name (default: w4a16)."),
+    method: str | None = typer.Option(None, "--method", help="Override the method: gptq, awq, smooth_quant, rtn..."),
+    calib: str | None = typer.Option(
+        None, "--calib", help="Calibration text: 'bundled', a .txt/.jsonl file, or a datasets name."
+    ),
+    calib_samples: int | None = typer.Option(None, "--calib-samples", min=1, help="Calibration samples."),
+    calib_seq_len: int | None = typer.Option(None, "--calib-seq-len", min=8, help="Tokens per calibration sample."),
+    out: Path | None = typer.Option(None, "--out", help="Artifact directory (default: ./accel-out/<model>-<scheme>)."),
+    eval_tokens: int | None = typer.Option(None, "--eval-tokens", min=64, help="Evaluate on at most this many tokens."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Quantize a model (default: the bundled one, preset w4a16) and write a deployable artifact."""
+    from accel.tools.quantize import run_quantize
+
+    config = resolve_config(profile, preset or (None if profile else "w4a16"))
+    changes = {"method": method, "calibration_dataset": calib, "calibration_samples": calib_samples,
+               "calibration_sequence_length": calib_seq_len}
+    quant = config.quantization.model_validate(
+        {**config.quantization.model_dump(), **{k: v for k, v in changes.items() if v is not None}}
+    )
+    config = config.model_copy(update={"quantization": quant})
+    target = out or Path("accel-out") / f"{(model or 'bundled').strip('/').replace('/', '--')}-{quant.scheme_name()}"
+    report = run_quantize(config, get_registry(), model_name=model, out=target, eval_tokens=eval_tokens,
+                          progress=not as_json)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    table = Table(title=f"quantized {report.model}: {report.scheme} ({report.method})")
+    for column in ("", "full precision", "quantized"):
+        table.add_column(column, justify="right")
+    table.add_row("size (MB, FP16 vs packed)", f"{report.fp16_bytes / 1e6:.1f}", f"{report.quantized_bytes / 1e6:.1f}")
+    if report.perplexity_before and report.perplexity_after:
+        before, after = report.perplexity_before.perplexity, report.perplexity_after.perplexity
+        table.add_row("perplexity (eval split)", f"{before:.3f}", f"{after:.3f} ({100 * (after / before - 1):+.2f}%)")
+    table.add_row("quantization time (s)", "", f"{report.quantization.seconds:.1f}")
+    table.add_row("peak memory (GB)", "", f"{report.quantization.peak_rss_bytes / 1e9:.2f}")
+    console.print(table)
+    console.print(f"artifact: {report.artifact} ({(report.artifact_bytes or 0) / 1e6:.1f} MB on disk)")
+
+
 def build_app(registry: PluginRegistry) -> typer.Typer:
     """The app with every plugin's commands added to `sage infer`."""
     for error in registry.register_commands(infer):

@@ -1,0 +1,1 @@
+"""accel-awq: AWQ, activation-aware weight quantization (scale search, then clipping search)."""
