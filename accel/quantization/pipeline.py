@@ -217,11 +217,11 @@ class _LayerQuantizer:
         quantized = QuantLinear(qweight, bias, self.act_args, input_scale).to(linear.weight.device)
         parent_name, _, child = name.rpartition(".")
         setattr(layer.get_submodule(parent_name) if parent_name else layer, child, quantized)
-        self.result.layers[f"{prefix}.{name}".lstrip(".")] = {
+        self.result.layers.setdefault(f"{prefix}.{name}".lstrip("."), {}).update({
             **scheme.describe(),
             "activations": None if self.act_args is None else f"{self.act_args.type}{self.act_args.num_bits}",
             "output_error": _output_error(weight, qweight, None if stats is None else stats.inputs),
-        }
+        })
 
 
 def _calibration_needed(model: PreTrainedModel, worker: _LayerQuantizer) -> bool:

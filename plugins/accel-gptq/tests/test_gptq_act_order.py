@@ -9,7 +9,9 @@ from accel.quantization.weight_quant import quantize_with_qparams
 
 
 def calibration(in_features: int, gen: torch.Generator) -> LinearStats:
-    channel_scales = 10 ** torch.linspace(-1, 1, in_features, dtype=torch.float64)[torch.randperm(in_features, generator=gen)]
+    # Input channels whose energy spans two orders of magnitude, in random order.
+    order = torch.randperm(in_features, generator=gen)
+    channel_scales = 10 ** torch.linspace(-1, 1, in_features, dtype=torch.float64)[order]
     inputs = torch.randn(256, in_features, generator=gen, dtype=torch.float64) * channel_scales
     return LinearStats(hessian=inputs.T @ inputs / len(inputs))
 

@@ -54,8 +54,8 @@ def test_dampening_is_retried_at_10x_on_a_singular_hessian(caplog):
     # here exaggerated so the configured dampening (0.01 * mean diag) is not enough but 10x is.
     inputs = torch.randn(16, 64, generator=gen, dtype=torch.float64)
     hessian = inputs.T @ inputs / len(inputs)
+    hessian -= 0.05 * torch.diagonal(hessian).mean() * torch.eye(64, dtype=torch.float64)
     mean_diag = torch.diagonal(hessian).mean()
-    hessian -= 0.05 * mean_diag * torch.eye(64, dtype=torch.float64)
 
     with caplog.at_level(logging.WARNING, logger="accel_gptq.gptq"):
         upper = inverse_hessian_factor(hessian, 0.01)
