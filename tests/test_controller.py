@@ -27,10 +27,12 @@ def test_setup_records_choices(registry):
 
 def test_setup_refuses_with_every_reason(registry):
     controller = AccelController(registry)
+    config = get_preset("w4a16-2:4")
+    config.quantization.method = "no-such-method"
     with pytest.raises(UnsupportedProfileError) as excinfo:
-        controller.setup(get_preset("fp8-kv8"))
+        controller.setup(config)
     message = str(excinfo.value)
-    assert "quantization.method 'fp8'" in message and "kv-int8" in message
+    assert "quantization.method 'no-such-method'" in message and "no sparse kernel for 2:4" in message
     with pytest.raises(RuntimeError, match="setup"):
         _ = controller.config
 

@@ -1,8 +1,7 @@
 """The development install holds every distribution in the repository, and `sage` sees each of them."""
 
-import tomllib
-
 import pytest
+import tomllib
 
 from .conftest import ROOT, sage_json
 

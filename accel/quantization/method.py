@@ -48,6 +48,7 @@ class QuantMethod(ABC):
     """A weight-quantization algorithm: float weight (+ calibration stats) -> integer codes and scales."""
 
     requires_calibration: bool = False
+    needs_hessian: bool = False  # the pipeline accumulates H = (1/N) sum x x^T only for methods that use it
 
     def smooth(self, group: SmoothGroup, args: WeightQuantArgs) -> torch.Tensor | None:
         """Per-input-channel scales s [in] (> 0) to migrate into the group's weights, or None (default)."""

@@ -145,7 +145,7 @@ class _LayerQuantizer:
         stats: dict[str, LinearStats] = {}
         absmax: dict[str, torch.Tensor] = {}
         if self.needs_forward(schemes):
-            needs_hessian = any(getattr(self.method(s.method), "needs_hessian", False) for s in schemes.values())
+            needs_hessian = any(self.method(s.method).needs_hessian for s in schemes.values())
             observers = self._observe(layer, groups, run, hidden, needs_hessian)
             for producer, linears in groups:
                 group_stats, group_absmax = observers[linears[0]].stats(), observers[linears[0]].absmax
@@ -239,7 +239,7 @@ def _quantize_head(model: PreTrainedModel, worker: _LayerQuantizer, hidden: list
         return
     stats = None
     if worker.method(scheme.method).requires_calibration:
-        needs_hessian = getattr(worker.method(scheme.method), "needs_hessian", False)
+        needs_hessian = worker.method(scheme.method).needs_hessian
         observer = InputObserver(
             head.in_features, hessian=needs_hessian, max_rows=MAX_SAMPLE_ROWS, expected_batches=len(hidden)
         )

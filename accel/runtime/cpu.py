@@ -38,7 +38,8 @@ def cpu_capability() -> CapabilityDescriptor:
         available_memory_bytes=available,
         supported_dtypes=["fp32", "bf16", "fp16", "int8"],
         supported_kernels=["dequant_linear"],
-        supported_quant_formats=["w8a16", "w4a16", "w4a16-asym"],
+        # QuantLinear's portable forward runs every weight/activation format; KV formats need kv_quant's cache.
+        supported_quant_formats=["w8a16", "w4a16", "w4a16-asym", "w8a8-int8", "w8a8-fp8"],
         supported_sparse_formats=[],
         has_graph_exec=False,
         has_collective=True,  # gloo

@@ -142,9 +142,7 @@ def _ranges(w: torch.Tensor, group_len: int, args: WeightQuantArgs) -> tuple[tor
     return w_min, w_max
 
 
-def _fake_quantize(
-    w: torch.Tensor, w_min: torch.Tensor, w_max: torch.Tensor, args: WeightQuantArgs
-) -> torch.Tensor:
+def _fake_quantize(w: torch.Tensor, w_min: torch.Tensor, w_max: torch.Tensor, args: WeightQuantArgs) -> torch.Tensor:
     """Q(w) on the grid built from the range [w_min, w_max] per cell, dequantized to w's dtype."""
     scale, zero_point = compute_qparams(w_min, w_max, args)
     return dequantize(quantize_with_qparams(w, scale, zero_point, args), scale, zero_point, args, w.dtype)
@@ -189,4 +187,3 @@ def _smoothing_loss(w: torch.Tensor, scales: torch.Tensor, hessian: torch.Tensor
     """||X Dᵀ||² = tr(D H Dᵀ) with D = W − Q(W diag s) diag(1/s)."""
     d = w - quantize(w * scales, args).dequantize(w.dtype) / scales
     return float(((d @ hessian) * d).sum())
-

@@ -44,9 +44,7 @@ def _awq(method: AWQ, args: WeightQuantArgs) -> Quantizer:
 def _output_error(group: SmoothGroup, scales: torch.Tensor | None, quantizer: Quantizer) -> float:
     x = group.inputs
     s = torch.ones(x.shape[1], dtype=F64) if scales is None else scales
-    total = sum(
-        float((x @ w.T - (x / s) @ quantizer(w * s, x / s).T).square().sum()) for w in group.weights.values()
-    )
+    total = sum(float((x @ w.T - (x / s) @ quantizer(w * s, x / s).T).square().sum()) for w in group.weights.values())
     return total**0.5
 
 
@@ -69,8 +67,10 @@ def test_awq_beats_rtn_with_salient_channels(group_size, symmetric):
     rtn = _output_error(group, None, _rtn(args)) / reference
     smoothed = _output_error(group, scales, _rtn(args)) / reference
     awq = _output_error(group, scales, _awq(method, args)) / reference
-    print(f"w4 g{group_size} sym={symmetric}: relative output error RTN {rtn:.4f}, "
-          f"scales + RTN {smoothed:.4f}, AWQ (scales + clipping) {awq:.4f}")
+    print(
+        f"w4 g{group_size} sym={symmetric}: relative output error RTN {rtn:.4f}, "
+        f"scales + RTN {smoothed:.4f}, AWQ (scales + clipping) {awq:.4f}"
+    )
     assert smoothed < 0.8 * rtn
     assert awq < smoothed
 
@@ -110,12 +110,19 @@ def _hand_fake_quantize(w: torch.Tensor, lo: float, hi: float, args: WeightQuant
     return (torch.clamp(torch.round(w / scale) + zero_point, args.qmin, args.qmax) - zero_point) * scale
 
 
-@pytest.mark.parametrize("group_size", [8, 16])  # 40 inputs: 5 full groups of 8; 16 + 16 + a partial 8
-@pytest.mark.parametrize("symmetric", [True, False])
-def test_clipping_is_the_per_group_brute_force_minimum(group_size, symmetric):
+def _clip_problem(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 12 x 40 weight and `rows` input rows with uneven column scales."""
     gen = torch.Generator().manual_seed(3)
     weight = torch.randn(12, 40, generator=gen, dtype=F64)
-    x = torch.randn(64, 40, generator=gen, dtype=F64) * torch.rand(40, generator=gen, dtype=F64).mul(4).add(0.5)
+    x = torch.randn(rows, 40, generator=gen, dtype=F64) * torch.rand(40, generator=gen, dtype=F64).mul(4).add(0.5)
+    return weight, x
+
+
+@pytest.mark.parametrize("group_size", [8, 16])  # 40 inputs: 5 full groups of 8; 16 + 16 + a partial 8
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("rows", [64, 6])  # 6 < group size: the error is taken from X_g eᵀ, not from X_gᵀ X_g
+def test_clipping_is_the_per_group_brute_force_minimum(group_size, symmetric, rows):
+    weight, x = _clip_problem(rows)
     args = WeightQuantArgs(num_bits=4, symmetric=symmetric, strategy="group", group_size=group_size)
     config = AWQConfig()
     w_hat = AWQ(config).quantize_weight(weight, args, LinearStats(inputs=x)).dequantize(F64)
@@ -140,19 +147,42 @@ def test_clipping_is_the_per_group_brute_force_minimum(group_size, symmetric):
     assert max(gains) > 0, "clipping should help some group"
 
 
+@pytest.mark.parametrize("strategy", ["channel", "tensor"])
+def test_clipping_per_channel_and_per_tensor_is_the_brute_force_minimum(strategy):
+    weight, x = _clip_problem(64)
+    args = WeightQuantArgs(num_bits=4, symmetric=False, strategy=strategy, group_size=-1)
+    config = AWQConfig()
+    w_hat = AWQ(config).quantize_weight(weight, args, LinearStats(inputs=x)).dequantize(F64)
+    ratios = torch.linspace(1.0, 1.0 - config.max_shrink, config.n_grid, dtype=F64).tolist()
+    cells = [weight[row : row + 1] for row in range(12)] if strategy == "channel" else [weight]
+    chosen = float((x @ (weight - w_hat).T).square().sum())
+    best = sum(
+        min(
+            float((x @ (w - _hand_fake_quantize(w, r * float(w.min()), r * float(w.max()), args)).T).square().sum())
+            for r in ratios
+        )
+        for w in cells
+    )
+    unclipped = float((x @ (weight - quantize(weight, args).dequantize(F64)).T).square().sum())
+    assert chosen == pytest.approx(best, rel=1e-9)
+    assert chosen < unclipped
+
+
 def test_uniform_inputs_gain_little_and_never_lose():
     """No salient channels: the scale search finds (almost) nothing; the whole method never loses to RTN."""
     for seed in range(3):
         for symmetric in (True, False):
-            group = _group(seed=10 + seed, salient=False)
+            group = _group(seed=10 + seed, salient=False, rows=512)
             args = WeightQuantArgs(num_bits=4, symmetric=symmetric, strategy="group", group_size=128)
             method = AWQ(AWQConfig())
             scales = method.smooth(group, args)
             rtn = _output_error(group, None, _rtn(args))
             smoothed = _output_error(group, scales, _rtn(args))
             awq = _output_error(group, scales, _awq(method, args))
-            print(f"uniform seed={seed} sym={symmetric}: scale-search gain {1 - smoothed / rtn:.4f}, "
-                  f"AWQ gain {1 - awq / rtn:.4f}")
+            print(
+                f"uniform seed={seed} sym={symmetric}: scale-search gain {1 - smoothed / rtn:.4f}, "
+                f"AWQ gain {1 - awq / rtn:.4f}"
+            )
             assert 0 <= 1 - smoothed / rtn < 0.02
             assert 0 <= 1 - awq / rtn < 0.15
 

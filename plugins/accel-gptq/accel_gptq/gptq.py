@@ -48,6 +48,7 @@ class GPTQ(QuantMethod):
     """Column-by-column quantization with inverse-Hessian error compensation; needs stats.hessian."""
 
     requires_calibration = True
+    needs_hessian = True
 
     def __init__(self, config: GPTQConfig | None = None) -> None:
         self.config = config or GPTQConfig()

@@ -40,9 +40,8 @@ class SmoothQuant(QuantMethod):
         """s_j = max|X_j|^α / max|W_j|^(1-α) [in], from the group's activation ranges and all its weights."""
         dtype = torch.float64 if group.act_absmax.dtype == torch.float64 else torch.float32
         act_max = group.act_absmax.to(dtype).clamp(min=RANGE_MIN)
-        weight_max = torch.stack(
-            [w.to(device=act_max.device, dtype=dtype).abs().amax(dim=0) for w in group.weights.values()]
-        ).amax(dim=0).clamp(min=RANGE_MIN)
+        columns_max = [w.to(device=act_max.device, dtype=dtype).abs().amax(dim=0) for w in group.weights.values()]
+        weight_max = torch.stack(columns_max).amax(dim=0).clamp(min=RANGE_MIN)  # max over every linear's rows
         alpha = self.config.alpha
         return (act_max.pow(alpha) / weight_max.pow(1 - alpha)).to(group.act_absmax.dtype)
 
