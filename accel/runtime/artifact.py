@@ -15,10 +15,11 @@ Per quantized Linear <m> (compressed-tensors' conventions: q = clamp(round(w/s) 
                      int32 [in] (act-order); <m>.input_scale [1] (static activations); <m>.bias
     KV cache         <attn>.k_scale, <attn>.v_scale [1], described by kv_cache_scheme
 
-compressed-tensors needs whole groups (in % group_size == 0). A group size g that does not divide `in` (g128 on
-SmolLM2's 576-wide inputs) is stored with group size g_s = gcd(g, in) and each scale and zero point repeated
-g / g_s times: the same dequantized weight, readable by every compressed-tensors reader. The manifest keeps g and
-the loader folds the repeats back, so the QuantLinear it builds is the one that was saved.
+compressed-tensors needs whole groups (in % group_size == 0). A group size g that does not divide every input
+size (g128 on SmolLM2's 576-wide inputs) is stored with group size g_s = gcd(g, all input sizes of the scheme)
+and each scale and zero point repeated g / g_s times: the same dequantized weight, readable by every
+compressed-tensors reader. The manifest keeps g and the loader folds the repeats back, so the QuantLinear it
+builds is the one that was saved.
 
 Writes are atomic: everything goes to a temporary sibling directory that is renamed into place. Loading
 verifies the manifest (sha256 and size of every file) and refuses pickle files.
@@ -119,10 +120,20 @@ def _act_order_g_idx(name: str, module: QuantLinear) -> torch.Tensor | None:
     return g_idx
 
 
-def _storage_group_size(module: QuantLinear) -> int | None:
-    """g_s = gcd(g, in): the largest group size that divides `in` and every group boundary of g."""
-    args = module.weight_args
-    return math.gcd(args.group_size, module.in_features) if args.strategy == "group" else None
+def _storage_group_sizes(layers: dict[str, tuple[QuantLinear, torch.Tensor | None]]) -> dict[str, int | None]:
+    """g_s per layer: gcd(g, in) over all layers sharing a scheme, the largest group size that divides each of
+    their input sizes and every boundary of g. One g_s per scheme keeps one config group (targets "Linear"),
+    which every reader handles; transformers' dequantize=True path reads a single scheme for all dense layers."""
+    def key(module: QuantLinear, g_idx: torch.Tensor | None) -> str:
+        act = None if module.act_args is None else dataclasses.asdict(module.act_args)
+        return json.dumps([dataclasses.asdict(module.weight_args), act, g_idx is not None])
+
+    shared: dict[str, int] = {}
+    for module, g_idx in layers.values():
+        if module.weight_args.strategy == "group":
+            k = key(module, g_idx)
+            shared[k] = math.gcd(shared.get(k, module.weight_args.group_size), module.in_features)
+    return {name: shared.get(key(module, g_idx)) for name, (module, g_idx) in layers.items()}
 
 
 def _quantized_tensors(
@@ -367,9 +378,11 @@ def save_artifact(
     records: dict[str, dict[str, Any]] = {}
     groups: dict[str, dict[str, Any]] = {}
     tensors = dense_tensors(model, set(quantized), dtype)
-    for name, module in quantized.items():
+    layers = {name: (module, _act_order_g_idx(name, module)) for name, module in quantized.items()}
+    storage_groups = _storage_group_sizes(layers)
+    for name, (module, g_idx) in layers.items():
         fmt = layer_format(module.weight_args, module.act_args)
-        storage_group, g_idx = _storage_group_size(module), _act_order_g_idx(name, module)
+        storage_group = storage_groups[name]
         tensors.update(_quantized_tensors(name, module, fmt, storage_group, g_idx, dtype))
         scheme = {
             "weights": _weights_json(module.weight_args, storage_group, g_idx is not None),
@@ -422,7 +435,7 @@ def _quantization_config(
     """config.json's quantization_config, as compressed-tensors' ModelCompressor.update_config writes it.
 
     One scheme targets "Linear" and ignores the unquantized Linears (lm_head), as llm-compressor writes it;
-    several schemes (mixed precision, or a partial-group layer stored with a smaller group) name their layers.
+    several schemes (mixed precision) name their layers, as compressed-tensors matches names exactly.
     """
     if len(groups) == 1:
         groups[0]["targets"] = ["Linear"]
