@@ -11,9 +11,10 @@ Unlike weight_quant, the asymmetric range is the true [min, max] (as KIVI's), no
 channel's values over a chunk often sit far from 0, and widening would waste most of the grid. zp is then any
 integer, so it is stored as a float like the scale; the floor max|x| * 2^-16 keeps |zp| <= 2^16 + 2^(b-1) (exact
 in fp32) when a range is (nearly) one value. fp8 is e4m3: s = max|x| / 448, q = fp8(clamp(x / s, -448, 448)).
-A scale of 0 (all zeros) becomes eps. Scales and zero points are stored as fp32 (SCALE_DTYPE); the codes of the
-stored scale are computed with that rounded scale, so x^ is exactly what was stored. Error: |x - x^| <= s / 2 for
-integers; |x - x^| <= max(|x| * 2^-4, s * 2^-10) for fp8 (half an e4m3 ulp, subnormals included).
+A scale of 0 (all zeros) becomes eps. Scales and zero points are stored as fp32 (SCALE_DTYPE), chosen for
+accuracy: large zero points stay exact and no grid is rounded (fp16 would save 2 bytes a scale). Codes are computed
+with the stored scale, so x^ is exactly the grid they index. Error: |x - x^| <= s / 2 for integers;
+|x - x^| <= max(|x| * 2^-4, s * 2^-10) for fp8 (half an e4m3 ulp, subnormals included).
 
 Storage, counted by `nbytes`: int8 codes as int8, int4 codes packed two per uint8 along head_dim, fp8 codes as
 float8_e4m3fn, 16 bits as the input tensor unchanged (the full-precision baseline).
@@ -195,7 +196,7 @@ class QuantizedKV:
         if not self.args.quantizes:
             return self.codes.to(dtype)
         work = torch.float64 if dtype == torch.float64 else torch.float32
-        codes = unpack_int4(self.codes) if self.args.bits == 4 and not self.args.is_fp8 else self.codes
+        codes = unpack_int4(self.codes) if self.args.bits == 4 else self.codes
         values = codes.to(work)  # [b, h, s, d]
         if self.zero_point is not None:
             values = values - self.zero_point.to(work)
@@ -223,18 +224,18 @@ def quantize_kv(x: torch.Tensor, args: KVQuantArgs) -> QuantizedKV:
     x_max = work.amax(dim=dim, keepdim=True)
     absmax = torch.maximum(x_min.abs(), x_max.abs())
     if args.is_fp8:
-        scale = absmax / FP8_MAX
+        scale = absmax / FP8_MAX  # s = max|x| / 448
     elif args.symmetric:
-        scale = absmax / ((args.qmax - args.qmin) / 2)
-    else:
+        scale = absmax / ((args.qmax - args.qmin) / 2)  # s = max|x| / ((qmax - qmin) / 2)
+    else:  # s = max((max x - min x) / (qmax - qmin), max|x| * 2^-16)
         scale = torch.maximum((x_max - x_min) / (args.qmax - args.qmin), absmax * _RANGE_FLOOR)
     scale = torch.where(scale == 0, torch.finfo(work.dtype).eps, scale).to(SCALE_DTYPE)
     s = scale.to(work.dtype)  # the stored scale: codes are computed with what dequantize will read
     if args.is_fp8:
-        codes = torch.clamp(work / s, -FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+        codes = torch.clamp(work / s, -FP8_MAX, FP8_MAX).to(FP8_DTYPE)  # q = fp8(clamp(x / s, -448, 448))
         return QuantizedKV(codes=codes, scale=scale, zero_point=None, args=args)
-    zero_point = None if args.symmetric else args.qmin - torch.round(x_min / s)
-    q = torch.round(work / s) if zero_point is None else torch.round(work / s) + zero_point
+    zero_point = None if args.symmetric else args.qmin - torch.round(x_min / s)  # zp = qmin - round(min x / s)
+    q = torch.round(work / s) if zero_point is None else torch.round(work / s) + zero_point  # round(x / s) + zp
     codes = torch.clamp(q, args.qmin, args.qmax).to(torch.int8)  # [b, h, s, d]
     if args.bits == 4:
         codes = pack_int4(codes)  # [b, h, s, d / 2]

@@ -8,7 +8,8 @@
 
 Per quantized Linear <m> (compressed-tensors' conventions: q = clamp(round(w/s) + zp), w^ = (q - zp) * s):
     pack-quantized   int weights, 16-bit activations: <m>.weight_packed int32 [out, ceil(in*b/32)] (packing.py),
-                     <m>.weight_shape int64 [2], <m>.weight_zero_point int32 packed along dim 0 (asymmetric)
+                     <m>.weight_shape int64 [2], asymmetric: <m>.weight_zero_point packed along dim 0 (int32;
+                     per-tensor: int8 [1])
     int-quantized    int weights, quantized activations: <m>.weight int8 [out, in], <m>.weight_zero_point int8
     float-quantized  fp8 weights, quantized activations (naive-quantized without): <m>.weight float8_e4m3fn
     all              <m>.weight_scale [1] (tensor) / [out, 1] (channel) / [out, in/g] (group); <m>.weight_g_idx
@@ -61,8 +62,10 @@ __all__ = [
     "MANIFEST_SCHEMA_VERSION",
     "WEIGHTS_NAME",
     "ArtifactInfo",
+    "dense_tensors",
     "layer_format",
     "load_artifact",
+    "producing_versions",
     "save_artifact",
     "verify_artifact",
     "write_artifact",
@@ -226,13 +229,6 @@ def _kv_from_buffers(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Te
     }
 
 
-def _ct_version() -> str | None:
-    try:
-        return importlib.metadata.version("compressed-tensors")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def producing_versions() -> dict[str, str]:
     """Versions of what wrote an artifact (compressed-tensors only when installed)."""
     versions = {
@@ -343,7 +339,8 @@ def write_artifact(
         tokenizer.save_pretrained(staging)
         if getattr(model, "generation_config", None) is not None and model.can_generate():
             model.generation_config.save_pretrained(staging)
-        listed = {name: {"sha256": _sha256(path), "bytes": path.stat().st_size} for name, path in _files(staging).items()}
+        listed = {name: {"sha256": _sha256(path), "bytes": path.stat().st_size}
+                  for name, path in _files(staging).items()}
         body = {
             "schema_version": MANIFEST_SCHEMA_VERSION, **manifest, "dtype": str(dtype).removeprefix("torch."),
             "versions": producing_versions(), "files": listed,
@@ -454,7 +451,7 @@ def _quantization_config(
         "sparsity_config": {},
         "transform_config": {},
     }
-    version = _ct_version()
+    version = producing_versions().get("compressed-tensors")
     if version is not None:
         config["version"] = version
     return config
@@ -541,7 +538,7 @@ def _load_quant_linear(name: str, record: dict[str, Any], tensors: dict[str, tor
         q = _take(tensors, f"{name}.weight")
     scale = _take(tensors, f"{name}.weight_scale")
     zero_point = None if args.symmetric else _take(tensors, f"{name}.weight_zero_point")
-    if zero_point is not None and zero_point.dtype == torch.int32:
+    if zero_point is not None and record["format"] == "pack-quantized" and args.strategy != "tensor":
         zero_point = unpack_int32(zero_point, args.num_bits, (out_features, scale.shape[1]), packed_dim=0)
     g_idx = _take(tensors, f"{name}.weight_g_idx") if record["act_order"] else None
     storage_group = record["storage_group_size"]
@@ -592,8 +589,8 @@ def load_artifact(
     restored = set(manifest["layers"]) | set(kv["modules"])
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     model.tie_weights()
-    loaded = {tensor.data_ptr() for key, tensor in model.state_dict().items() if key in tensors}
     state = model.state_dict()
+    loaded = {state[key].data_ptr() for key in tensors if key in state}  # a tied tensor shares one of these
     missing = [
         key for key in missing
         if key.rpartition(".")[0] not in restored and state[key].data_ptr() not in loaded

@@ -38,8 +38,10 @@ def cpu_capability() -> CapabilityDescriptor:
         available_memory_bytes=available,
         supported_dtypes=["fp32", "bf16", "fp16", "int8"],
         supported_kernels=["dequant_linear"],
-        # QuantLinear's portable forward runs every weight/activation format; KV formats need kv_quant's cache.
-        supported_quant_formats=["w8a16", "w4a16", "w4a16-asym", "w8a8-int8", "w8a8-fp8"],
+        # QuantLinear's portable forward runs every weight/activation format; QuantizedKVCache every KV format.
+        supported_quant_formats=[
+            "w8a16", "w4a16", "w4a16-asym", "w8a8-int8", "w8a8-fp8", "kv-int8", "kv-int4", "kv-fp8",
+        ],
         supported_sparse_formats=[],
         has_graph_exec=False,
         has_collective=True,  # gloo

@@ -51,9 +51,8 @@ def _check_layer(name: str, module: QuantLinear, fitting: list[int]) -> None:
         raise ArtifactError(f"{name}: AutoAWQ is weight-only; this layer also quantizes its activations")
     if args.strategy != "group":
         raise ArtifactError(f"{name}: AutoAWQ needs group-wise scales, this layer is per-{args.strategy}")
-    if module.weight_g_idx is not None and not torch.equal(
-        module.weight_g_idx.long(), torch.arange(module.in_features, device=module.weight_g_idx.device) // args.group_size
-    ):
+    g_idx = module.weight_g_idx
+    if g_idx is not None and not torch.equal(g_idx.cpu().long(), torch.arange(module.in_features) // args.group_size):
         raise ArtifactError(f"{name}: AutoAWQ has no act-order (g_idx); re-quantize without act-order")
     if module.in_features % args.group_size:
         hint = " or ".join(str(size) for size in fitting) or f"a divisor of {module.in_features}"

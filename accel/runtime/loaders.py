@@ -1,4 +1,5 @@
-"""Loading causal LMs: the bundled SmolLM2-135M-Instruct (GGUF, converted once to a cache) or any HF model.
+"""Loading causal LMs: the bundled SmolLM2-135M-Instruct (GGUF, converted once to a cache) or any HF model;
+accel's own artifacts load with `load_artifact` (from accel.runtime.artifact, re-exported here).
 
 Nothing downloads at run time unless ACCEL_ALLOW_DOWNLOAD=1; a missing model is a ModelNotAvailableError
 that says what to install or which path/id was not found.
@@ -19,6 +20,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from accel.errors import ModelNotAvailableError
+from accel.runtime.artifact import load_artifact
 
 BUNDLED_MODEL = "smollm2-135m-instruct"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -33,6 +35,7 @@ __all__ = [
     "bundled_cache_dir",
     "bundled_gguf",
     "cache_root",
+    "load_artifact",
     "load_model",
     "model_info",
 ]

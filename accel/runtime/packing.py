@@ -86,7 +86,7 @@ def unpack_int32(
     words = packed.T if packed_dim == 0 else packed
     expected = (rows, packed_columns(cols, num_bits))
     if tuple(words.shape) != expected:
-        raise ValueError(f"packed shape {tuple(packed.shape)} does not hold {num_bits}-bit codes of shape {tuple(shape)}")
+        raise ValueError(f"packed {tuple(packed.shape)} does not hold {num_bits}-bit codes of shape {tuple(shape)}")
     chunks = math.ceil(cols / 32)
     if _byte_aligned(num_bits):
         per_byte = 8 // num_bits
