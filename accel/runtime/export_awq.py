@@ -17,13 +17,16 @@ import os
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from accel.errors import ArtifactError
 from accel.quantization.qlinear import QuantLinear
+from accel.quantization.weight_quant import WeightQuantArgs
 from accel.runtime.artifact import ArtifactInfo, dense_tensors, write_artifact
+from accel.runtime.mixed_precision import resolve_scheme
 from accel.runtime.packing import to_int32
-from accel.schema import AccelConfig
+from accel.schema import AccelConfig, QuantizationProfile
 
 __all__ = ["AWQ_ORDER", "FORMAT", "export_autoawq", "pack_awq"]
 
@@ -40,28 +43,53 @@ def pack_awq(values: torch.Tensor) -> torch.Tensor:
     return to_int32((nibbles << shifts).sum(dim=-1))
 
 
-def _check_layer(name: str, module: QuantLinear, fitting: list[int]) -> None:
+def _check_args(
+    name: str, args: WeightQuantArgs, quantizes_activations: bool, in_features: int, out_features: int,
+    fitting: list[int],
+) -> None:
     """Refuse what AutoAWQ GEMM cannot hold, naming the layer and what to re-quantize with."""
-    args = module.weight_args
     if args.type != "int" or args.num_bits != BITS:
         raise ArtifactError(f"{name}: AutoAWQ holds 4-bit integer weights, this layer is {args.type}{args.num_bits}")
     if args.symmetric:
         raise ArtifactError(f"{name}: AutoAWQ GEMM stores zero points; re-quantize with symmetric=False")
-    if module.act_args is not None:
+    if quantizes_activations:
         raise ArtifactError(f"{name}: AutoAWQ is weight-only; this layer also quantizes its activations")
     if args.strategy != "group":
         raise ArtifactError(f"{name}: AutoAWQ needs group-wise scales, this layer is per-{args.strategy}")
+    if in_features % args.group_size:
+        hint = " or ".join(str(size) for size in fitting) or f"a divisor of {in_features}"
+        raise ArtifactError(
+            f"{name}: group_size {args.group_size} does not divide in_features {in_features}, and AWQ kernels "
+            f"need whole groups; re-quantize with group_size {hint} (they divide every quantized layer of this model)"
+        )
+    if out_features % 8:
+        raise ArtifactError(f"{name}: out_features {out_features} is not a multiple of 8 (AutoAWQ packing)")
+
+
+def _fitting_group_sizes(in_sizes: set[int]) -> list[int]:
+    return [size for size in (128, 64, 32) if all(features % size == 0 for features in in_sizes)]
+
+
+def _check_layer(name: str, module: QuantLinear, fitting: list[int]) -> None:
+    args = module.weight_args
+    _check_args(name, args, module.act_args is not None, module.in_features, module.out_features, fitting)
     g_idx = module.weight_g_idx
     if g_idx is not None and not torch.equal(g_idx.cpu().long(), torch.arange(module.in_features) // args.group_size):
         raise ArtifactError(f"{name}: AutoAWQ has no act-order (g_idx); re-quantize without act-order")
-    if module.in_features % args.group_size:
-        hint = " or ".join(str(size) for size in fitting) or f"a divisor of {module.in_features}"
-        raise ArtifactError(
-            f"{name}: group_size {args.group_size} does not divide in_features {module.in_features}, and AWQ kernels "
-            f"need whole groups; re-quantize with group_size {hint} (they divide every quantized layer of this model)"
-        )
-    if module.out_features % 8:
-        raise ArtifactError(f"{name}: out_features {module.out_features} is not a multiple of 8 (AutoAWQ packing)")
+
+
+def check_exportable(model: nn.Module, profile: QuantizationProfile) -> None:
+    """Before quantizing: refuse a profile whose layers export_autoawq would refuse afterwards."""
+    linears = {
+        name: (module, scheme)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and (scheme := resolve_scheme(name, profile)) is not None
+    }
+    fitting = _fitting_group_sizes({module.in_features for module, _ in linears.values()})
+    for name, (module, scheme) in linears.items():
+        _check_args(name, scheme.args, profile.quantizes_activations, module.in_features, module.out_features, fitting)
+    if profile.method_config.get("act_order") and not profile.method_config.get("static_groups"):
+        raise ArtifactError("AutoAWQ has no act-order (g_idx); use static_groups or no act_order")
 
 
 def _awq_tensors(name: str, module: QuantLinear, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -97,8 +125,7 @@ def export_autoawq(
     quantized = {name: module for name, module in model.named_modules() if isinstance(module, QuantLinear)}
     if not quantized:
         raise ArtifactError("the model has no quantized layers; AutoAWQ export needs W4 asymmetric group-wise layers")
-    in_sizes = {module.in_features for module in quantized.values()}
-    fitting = [size for size in (128, 64, 32) if all(features % size == 0 for features in in_sizes)]
+    fitting = _fitting_group_sizes({module.in_features for module in quantized.values()})
     for name, module in quantized.items():
         _check_layer(name, module, fitting)
     group_sizes = {module.weight_args.group_size for module in quantized.values()}

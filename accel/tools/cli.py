@@ -193,12 +193,19 @@ def quantize_command(
     calib_samples: int | None = typer.Option(None, "--calib-samples", min=1, help="Calibration samples."),
     calib_seq_len: int | None = typer.Option(None, "--calib-seq-len", min=8, help="Tokens per calibration sample."),
     out: Path | None = typer.Option(None, "--out", help="Artifact directory (default: ./accel-out/<model>-<scheme>)."),
-    eval_tokens: int | None = typer.Option(None, "--eval-tokens", min=64, help="Evaluate on at most this many tokens."),
+    artifact_format: str = typer.Option(
+        "compressed-tensors", "--format", help="compressed-tensors (vLLM, SGLang) or autoawq (LMDeploy TurboMind)."
+    ),
+    eval_tokens: int | None = typer.Option(
+        None, "--eval-tokens", min=512, help="Evaluate on at most this many tokens."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Quantize a model (default: the bundled one, preset w4a16) and write a deployable artifact."""
     from accel.tools.quantize import run_quantize
 
+    if artifact_format not in ("compressed-tensors", "autoawq"):
+        raise fail(f"--format: got {artifact_format!r}; allowed: compressed-tensors, autoawq")
     config = resolve_config(profile, preset or (None if profile else "w4a16"))
     changes = {"method": method, "calibration_dataset": calib, "calibration_samples": calib_samples,
                "calibration_sequence_length": calib_seq_len}
@@ -207,8 +214,8 @@ def quantize_command(
     )
     config = config.model_copy(update={"quantization": quant})
     target = out or Path("accel-out") / f"{(model or 'bundled').strip('/').replace('/', '--')}-{quant.scheme_name()}"
-    report = run_quantize(config, get_registry(), model_name=model, out=target, eval_tokens=eval_tokens,
-                          progress=not as_json)
+    report = run_quantize(config, get_registry(), model_name=model, out=target, artifact_format=artifact_format,
+                          eval_tokens=eval_tokens, progress=not as_json)
     if as_json:
         emit_json(report.to_dict())
         return

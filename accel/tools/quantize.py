@@ -127,6 +127,7 @@ def run_quantize(
     *,
     model_name: str | None = None,
     out: Path | None = None,
+    artifact_format: str = "compressed-tensors",
     eval_tokens: int | None = None,
     evaluate: bool = True,
     progress: bool = True,
@@ -134,6 +135,10 @@ def run_quantize(
     """Load, quantize, evaluate and (if `out`) write the artifact; see the module docstring."""
     start = time.perf_counter()
     model, tokenizer = load_model(model_name, dtype=torch.float32)
+    if out is not None and artifact_format == "autoawq":
+        from accel.runtime.export_awq import check_exportable
+
+        check_exportable(model, config.quantization)  # fail before the expensive part
     fp16_bytes = model_bytes(model)
     result, before, after = quantize_loaded(
         model, tokenizer, config, registry, eval_tokens=eval_tokens, evaluate=evaluate, progress=progress
@@ -145,11 +150,14 @@ def run_quantize(
     )
     if out is not None:
         from accel.runtime.artifact import save_artifact
+        from accel.runtime.export_awq import export_autoawq
 
-        info = save_artifact(
-            model, tokenizer, out, config, source=model_name or "bundled", kv_scales=result.kv_scales or None,
-            layer_choices=result.layers, kernel_meta=kernel_meta(registry, result.layers), overwrite=True,
-        )
+        common = {"source": model_name or "bundled", "layer_choices": result.layers,
+                  "kernel_meta": kernel_meta(registry, result.layers), "overwrite": True}
+        if artifact_format == "autoawq":
+            info = export_autoawq(model, tokenizer, out, config, **common)
+        else:
+            info = save_artifact(model, tokenizer, out, config, kv_scales=result.kv_scales or None, **common)
         report.artifact, report.artifact_bytes = str(info.path), info.total_bytes
     report.seconds = time.perf_counter() - start
     return report

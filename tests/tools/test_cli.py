@@ -70,3 +70,39 @@ def test_real_entry_point_reports_invalid_profile(tmp_path):
     assert result.returncode == 2
     assert f"{path}: quantization.group_size: got 0: group_size must be -1" in result.stderr
     assert result.stdout == ""  # human output goes to stderr
+
+
+@pytest.mark.slow
+def test_quantize_writes_an_artifact_that_loads(tmp_path):
+    from accel.quantization.qlinear import QuantLinear
+    from accel.runtime.loaders import load_artifact
+
+    out = tmp_path / "w4"
+    result = run_sage("infer", "quantize", "--preset", "w4a16-rtn", "--out", str(out), "--eval-tokens", "1024",
+                      "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["scheme"] == "w4a16" and report["artifact"] == str(out)
+    assert report["quantized_bytes"] < 0.5 * report["fp16_bytes"]
+    before, after = report["perplexity_before"]["perplexity"], report["perplexity_after"]["perplexity"]
+    assert after > before  # 4-bit RTN costs perplexity; the bench reports how much
+    assert report["layers"]["model.layers.0.mlp.down_proj"]["num_bits"] == 4
+    model, _, manifest = load_artifact(out)
+    assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 210
+    assert manifest["accel_config"]["quantization"]["method"] == "rtn"
+    assert "reference" in manifest["kernel_meta"]
+
+
+@pytest.mark.slow
+def test_quantize_refuses_an_unknown_method_and_awq_export_of_partial_groups(tmp_path):
+    unknown = run_sage("infer", "quantize", "--method", "nope", "--out", str(tmp_path / "x"))
+    assert unknown.returncode == 2 and "quantization.method 'nope'" in unknown.stderr
+    profile = tmp_path / "asym.yaml"
+    profile.write_text("preset: w4a16-rtn\nquantization:\n  symmetric: false\n")
+    symmetric = run_sage("infer", "quantize", "--preset", "w4a16-rtn", "--format", "autoawq",
+                         "--out", str(tmp_path / "awq"))
+    assert symmetric.returncode == 2 and "re-quantize with symmetric=False" in symmetric.stderr
+    awq = run_sage("infer", "quantize", "--profile", str(profile), "--format", "autoawq",
+                   "--out", str(tmp_path / "awq"))
+    assert awq.returncode == 2 and "group_size 64 or 32" in awq.stderr
+    assert not (tmp_path / "awq").exists()
