@@ -11,7 +11,10 @@ from collections.abc import Callable
 from accel.errors import ProfileError
 from accel.schema import AccelConfig, QuantizationProfile, SparsityConfig, SpeculativeConfig
 
-_W4A16 = {"weight_bits": 4, "group_size": 128, "symmetric": True, "method": "gptq"}
+# GPTQ with act-order over static groups: the better column order, with scales kept in natural group order
+# (no g_idx), which every W4A16 kernel reads.
+_GPTQ = {"act_order": True, "static_groups": True}
+_W4A16 = {"weight_bits": 4, "group_size": 128, "symmetric": True, "method": "gptq", "method_config": _GPTQ}
 
 
 def _quant(**fields: object) -> Callable[[], AccelConfig]:
@@ -25,8 +28,8 @@ PRESETS: dict[str, Callable[[], AccelConfig]] = {
         weight_bits=8, activation_bits=8, weight_strategy="channel", group_size=-1, method="smooth_quant"
     ),
     "w4a16": _quant(**_W4A16),
-    "w4a16-rtn": _quant(**{**_W4A16, "method": "rtn"}),
-    "w4a16-awq": _quant(**{**_W4A16, "method": "awq", "symmetric": False}),
+    "w4a16-rtn": _quant(**{**_W4A16, "method": "rtn", "method_config": {}}),
+    "w4a16-awq": _quant(**{**_W4A16, "method": "awq", "symmetric": False, "method_config": {}}),
     "w4a16-kv8": _quant(**_W4A16, kv_bits_prefill=8, kv_bits_decode=8),
     "kv8": _quant(kv_bits_prefill=8, kv_bits_decode=8),
     "kv4": _quant(kv_bits_prefill=4, kv_bits_decode=4, kv_strategy="kivi"),
