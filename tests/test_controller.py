@@ -1,6 +1,7 @@
 """AccelController.setup against the real registry and the host device."""
 
 import pytest
+import torch
 
 from accel.controller import AccelController
 from accel.errors import UnsupportedProfileError
@@ -48,3 +49,25 @@ def test_unknown_draft_strategy(registry):
     config.speculative.strategy = "eagle"
     with pytest.raises(UnsupportedProfileError, match="speculative.strategy 'eagle'"):
         AccelController(registry).setup(config)
+
+
+@pytest.mark.slow
+def test_get_quantized_model_writes_the_artifact(registry, tmp_path):
+    from accel.quantization.qlinear import QuantLinear
+    from accel.runtime.loaders import load_artifact
+
+    controller = AccelController(registry)
+    controller.setup(get_preset("w4a16-rtn"))
+    model = controller.get_quantized_model(None, out=str(tmp_path / "a"))
+    assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 210
+    assert controller.get_stats()["quantization"]["layers_quantized"] == 210
+    loaded, _, manifest = load_artifact(tmp_path / "a")
+    assert manifest["accel_config"]["metadata"]["preset"] == "w4a16-rtn"
+    ids = torch.tensor([[1, 2, 3, 4]])
+    for name, module in model.named_modules():
+        if isinstance(module, QuantLinear):
+            shipped = loaded.get_submodule(name).dequantized_weight(torch.float32)
+            assert torch.equal(shipped, module.dequantized_weight(torch.float32)), name
+    # Unquantized tensors (embedding, norms) ship in fp16, so logits agree to fp16 rounding.
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.float()(ids).logits, model(ids).logits, rtol=0, atol=0.25)
