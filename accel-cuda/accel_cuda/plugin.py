@@ -1,6 +1,7 @@
 """accel-cuda's hooks: registers the CUDA backend and answers kernel selection only for ops it has.
 
-Its kernel table is empty today, so every op on a CUDA device falls through to core's portable reference.
+The kernel table holds the Triton W4A16 linear (when Triton is installed); every other op on a CUDA device falls
+through to core's portable reference. Importing this module does not import Triton.
 """
 
 from __future__ import annotations
@@ -16,8 +17,13 @@ BACKEND = "cuda"
 
 
 def kernels() -> dict[str, Callable[..., Any]]:
-    """This backend's own kernels by op name; none yet, so the reference kernels run."""
-    return {}
+    """This backend's own kernels by op name (Triton ones only where Triton is installed); ops not here run
+    the reference kernels. Imported here, lazily, so that loading the plugin stays free of Triton."""
+    from accel_cuda.kernels import triton_available, w4a16_linear
+
+    if not triton_available():
+        return {}
+    return {"w4a16_linear": w4a16_linear}
 
 
 @hookimpl
@@ -26,7 +32,7 @@ def accel_register_kernel_backends() -> list[KernelBackendSpec]:
     return [
         KernelBackendSpec(
             name=BACKEND,
-            description="NVIDIA GPUs through PyTorch CUDA; runs the portable reference kernels on the GPU",
+            description="NVIDIA GPUs through PyTorch CUDA: Triton W4A16 linear, portable reference kernels otherwise",
             device_type=CudaPlatform.device_type,
             is_available=CudaPlatform.is_available,
             capability=CudaPlatform.capability,
@@ -42,4 +48,4 @@ def accel_select_kernel(op: str, capability: CapabilityDescriptor) -> KernelChoi
     impl = kernels().get(op)
     if capability.device_type != CudaPlatform.device_type or impl is None:
         return None
-    return KernelChoice(backend=BACKEND, op=op, impl=impl, reason="CUDA kernel")
+    return KernelChoice(backend=BACKEND, op=op, impl=impl, reason="CUDA Triton kernel")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import importlib
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
-from accel_cuda import platform
+from accel_cuda import platform, plugin
+from accel_cuda.kernels import triton_available
 from accel_cuda.platform import CudaPlatform
 
 from accel.plugins import PluginPolicy, load_registry, run_platform_probes
@@ -83,3 +86,23 @@ def test_probe_entry_point_runs():
 def test_dequant_linear_falls_back_to_reference():
     capability = CapabilityDescriptor(device_name="NVIDIA H100", device_type="cuda")
     assert load_registry().select_kernel("dequant_linear", capability).backend == "reference"
+
+
+def test_plugin_import_does_not_import_triton():
+    code = (
+        "import sys, torch; before = 'triton' in sys.modules; import accel_cuda.plugin; "
+        "from accel_cuda.plugin import kernels; kernels(); print(before, 'triton' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, after = done.stdout.split()
+    assert after == before, "loading the plugin or its kernel table imported triton"
+
+
+def test_kernel_table_has_w4a16_where_triton_is_installed():
+    table = plugin.kernels()
+    assert set(table) == ({"w4a16_linear"} if triton_available() else set())
+    capability = CapabilityDescriptor(device_name="NVIDIA H100", device_type="cuda")
+    choice = load_registry().select_kernel("w4a16_linear", capability)
+    assert choice.backend == ("cuda" if triton_available() else "reference")
+    cpu = CapabilityDescriptor(device_name="cpu", device_type="cpu")
+    assert load_registry().select_kernel("w4a16_linear", cpu).backend == "reference"
