@@ -20,6 +20,7 @@ class AccelController:
         self._config: AccelConfig | None = None
         self._compat: CompatReport | None = None
         self._stats: dict[str, Any] = {}
+        self._target: Any = None  # (model, tokenizer) for speculative decoding, loaded on first use
 
     @property
     def config(self) -> AccelConfig:
@@ -75,6 +76,31 @@ class AccelController:
             "layers_quantized": sum("num_bits" in c for c in result.layers.values()),
         }
         return model
+
+    def load_target(self, model_path: str | None = None) -> None:
+        """Load the model that run_speculative_decode serves (None: the bundled model)."""
+        from accel.runtime.loaders import load_model
+
+        self._target = load_model(model_path)
+
+    def run_speculative_decode(self, input_ids: Any, max_new_tokens: int, temperature: float = 0.0) -> Any:
+        """Decode `input_ids` [1, T] with the configured speculative strategy; returns the new tokens [1, n].
+
+        Per-request metrics (acceptance rate, mean accepted length, ...) are added to get_stats().
+        """
+        from accel.schema import SpeculativeConfig
+        from accel.speculative.verifier import SamplingParams
+        from accel.tools.speculative import run_speculative
+
+        if self._target is None:
+            self.load_target()
+        model, tokenizer = self._target
+        config = self.config.speculative or SpeculativeConfig()
+        tokens, metrics = run_speculative(
+            self.registry, config, model, tokenizer, input_ids, max_new_tokens, SamplingParams(temperature=temperature)
+        )
+        self._stats.setdefault("speculative_requests", []).append(metrics.to_dict())
+        return tokens
 
     def get_stats(self) -> dict[str, Any]:
         """What the controller has done so far, JSON-ready: setup choices, plugins, kernels chosen."""

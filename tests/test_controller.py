@@ -71,3 +71,20 @@ def test_get_quantized_model_writes_the_artifact(registry, tmp_path):
     # Unquantized tensors (embedding, norms) ship in fp16, so logits agree to fp16 rounding.
     with torch.no_grad():
         torch.testing.assert_close(loaded.float()(ids).logits, model(ids).logits, rtol=0, atol=0.25)
+
+
+@pytest.mark.slow
+def test_run_speculative_decode_matches_plain_greedy(registry):
+    from accel.speculative.decode import plain_generate
+    from accel.speculative.verifier import SamplingParams
+
+    controller = AccelController(registry)
+    controller.setup(get_preset("spec-ngram"))
+    controller.load_target()
+    model, tokenizer = controller._target
+    ids = tokenizer("def fib(n):\n    if n < 2:\n        return n\n    return", return_tensors="pt")["input_ids"]
+    tokens = controller.run_speculative_decode(ids, 24)
+    plain, _ = plain_generate(model, ids, 24, SamplingParams(), eos_token_id=tokenizer.eos_token_id)
+    assert torch.equal(tokens, plain)
+    request = controller.get_stats()["speculative_requests"][-1]
+    assert request["num_generated_tokens"] == tokens.shape[1]

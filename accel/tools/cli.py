@@ -232,6 +232,47 @@ def quantize_command(
     console.print(f"artifact: {report.artifact} ({(report.artifact_bytes or 0) / 1e6:.1f} MB on disk)")
 
 
+@infer.command("run-speculative")
+def run_speculative_command(
+    model: str | None = typer.Option(None, "--model", help="Target model id or directory (default: bundled)."),
+    draft: str = typer.Option("ngram", "--draft", help="Draft strategy: ngram, draft_model, layer_skip, self_quant."),
+    prompt: str = typer.Option("Write a short note about why the sky is blue.", "--prompt", help="User prompt."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
+    k: int = typer.Option(4, "--k", min=1, max=64, help="Draft tokens per step (grows and shrinks when dynamic)."),
+    draft_model: str | None = typer.Option(None, "--draft-model", help="Draft model for --draft draft_model."),
+    draft_quantization: str = typer.Option("w8a16", "--draft-quantization", help="Preset for --draft self_quant."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Decode one prompt with speculative decoding; print the text and vLLM-style metrics."""
+    from accel.runtime.loaders import load_model
+    from accel.schema import SpeculativeConfig
+    from accel.speculative.verifier import SamplingParams
+    from accel.tools.speculative import chat_input_ids, run_speculative
+
+    config = SpeculativeConfig(strategy=draft, num_speculative_tokens=k, max_speculative_tokens=max(k, 8),
+                               draft_model=draft_model, draft_quantization=draft_quantization)
+    target, tokenizer = load_model(model)
+    ids = chat_input_ids(tokenizer, prompt)
+    tokens, metrics = run_speculative(get_registry(), config, target, tokenizer, ids, max_new_tokens,
+                                      SamplingParams(temperature=temperature, seed=seed))
+    text = tokenizer.decode(tokens[0], skip_special_tokens=True)
+    data = {"model": model or "bundled", "draft": draft, "text": text, "metrics": metrics.to_dict()}
+    if as_json:
+        emit_json(data)
+        return
+    sys.stdout.write(text + "\n")
+    table = Table(title=f"speculative decoding ({draft})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.to_dict().items():
+        shown = ", ".join(f"{v:.2f}" for v in value) if isinstance(value, list) else (
+            f"{value:.3f}" if isinstance(value, float) else str(value))
+        table.add_row(key, shown)
+    console.print(table)
+
+
 def build_app(registry: PluginRegistry) -> typer.Typer:
     """The app with every plugin's commands added to `sage infer`."""
     for error in registry.register_commands(infer):

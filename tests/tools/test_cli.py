@@ -106,3 +106,14 @@ def test_quantize_refuses_an_unknown_method_and_awq_export_of_partial_groups(tmp
                    "--out", str(tmp_path / "awq"))
     assert awq.returncode == 2 and "group_size 64 or 32" in awq.stderr
     assert not (tmp_path / "awq").exists()
+
+
+@pytest.mark.slow
+def test_run_speculative_prints_text_and_metrics():
+    result = run_sage("infer", "run-speculative", "--draft", "ngram", "--max-new-tokens", "16", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(result.stdout)
+    assert data["text"].strip()
+    metrics = data["metrics"]
+    assert 0 < metrics["num_generated_tokens"] <= 16
+    assert 0.0 <= metrics["acceptance_rate"] <= 1.0 and metrics["mean_accepted_length"] >= 1.0
