@@ -1,7 +1,8 @@
 """accel-cuda's hooks: registers the CUDA backend and answers kernel selection only for ops it has.
 
-The kernel table holds the Triton W4A16 linear (when Triton is installed); every other op on a CUDA device falls
-through to core's portable reference. Importing this module does not import Triton.
+The kernel table holds the Triton kernels (when Triton is installed): W4A16 linear, int8 and fp8 W8A8 linear, and
+flash-decoding attention over the static KV cache; every other op on a CUDA device falls through to core's portable
+reference. Importing this module does not import Triton.
 """
 
 from __future__ import annotations
@@ -19,11 +20,16 @@ BACKEND = "cuda"
 def kernels() -> dict[str, Callable[..., Any]]:
     """This backend's own kernels by op name (Triton ones only where Triton is installed); ops not here run
     the reference kernels. Imported here, lazily, so that loading the plugin stays free of Triton."""
-    from accel_cuda.kernels import triton_available, w4a16_linear
+    from accel_cuda.kernels import cached_attention, fp8_linear, triton_available, w4a16_linear, w8a8_int8_linear
 
     if not triton_available():
         return {}
-    return {"w4a16_linear": w4a16_linear}
+    return {
+        "w4a16_linear": w4a16_linear,
+        "w8a8_int8_linear": w8a8_int8_linear,
+        "fp8_linear": fp8_linear,
+        "cached_attention": cached_attention,
+    }
 
 
 @hookimpl
@@ -32,7 +38,10 @@ def accel_register_kernel_backends() -> list[KernelBackendSpec]:
     return [
         KernelBackendSpec(
             name=BACKEND,
-            description="NVIDIA GPUs through PyTorch CUDA: Triton W4A16 linear, portable reference kernels otherwise",
+            description=(
+                "NVIDIA GPUs through PyTorch CUDA: Triton W4A16 and W8A8 (int8, fp8) linear and flash-decoding over "
+                "the quantized KV cache; portable reference kernels otherwise"
+            ),
             device_type=CudaPlatform.device_type,
             is_available=CudaPlatform.is_available,
             capability=CudaPlatform.capability,

@@ -98,11 +98,15 @@ def test_plugin_import_does_not_import_triton():
     assert after == before, "loading the plugin or its kernel table imported triton"
 
 
-def test_kernel_table_has_w4a16_where_triton_is_installed():
+KERNEL_OPS = {"w4a16_linear", "w8a8_int8_linear", "fp8_linear", "cached_attention"}
+
+
+def test_kernel_table_has_the_triton_kernels_where_triton_is_installed():
     table = plugin.kernels()
-    assert set(table) == ({"w4a16_linear"} if triton_available() else set())
+    assert set(table) == (KERNEL_OPS if triton_available() else set())
     capability = CapabilityDescriptor(device_name="NVIDIA H100", device_type="cuda")
-    choice = load_registry().select_kernel("w4a16_linear", capability)
-    assert choice.backend == ("cuda" if triton_available() else "reference")
     cpu = CapabilityDescriptor(device_name="cpu", device_type="cpu")
-    assert load_registry().select_kernel("w4a16_linear", cpu).backend == "reference"
+    registry = load_registry()
+    for op in sorted(KERNEL_OPS):
+        assert registry.select_kernel(op, capability).backend == ("cuda" if triton_available() else "reference")
+        assert registry.select_kernel(op, cpu).backend == "reference"

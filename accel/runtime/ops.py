@@ -6,15 +6,21 @@ conformance kit (accel.testing) checks exactly that.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from accel.quantization.activation_quant import ActivationQuantArgs, quantize_activation
 from accel.quantization.kernels.reference import dequant_linear
 from accel.quantization.weight_quant import WeightQuantArgs, quantize
+from accel.runtime.kv_ops import KV_FORMATS, cached_attention, kv_quantize
 from accel.runtime.packing import pack_int32, packed_columns, unpack_int32
+
+InputMaker = Callable[[torch.Generator, str, torch.dtype], tuple[Any, ...]]
 
 
 @dataclass(frozen=True)
@@ -23,10 +29,17 @@ class OpSpec:
 
     name: str
     reference: Callable[..., torch.Tensor]
-    make_inputs: Callable[[torch.Generator, str, torch.dtype], tuple[Any, ...]]
+    make_inputs: InputMaker
     rtol: float
     atol: float
     doc: str
+    # More input sets a kernel must also match on (an op whose arguments select a path, e.g. a KV cache format).
+    variants: tuple[InputMaker, ...] = ()
+
+    @property
+    def input_makers(self) -> tuple[InputMaker, ...]:
+        """make_inputs, then every variant: the conformance kit checks a kernel on each."""
+        return (self.make_inputs, *self.variants)
 
 
 def _dequant_linear_inputs(gen: torch.Generator, device: str, dtype: torch.dtype) -> tuple[Any, ...]:
@@ -81,6 +94,112 @@ def _w4a16_linear_inputs(gen: torch.Generator, device: str, dtype: torch.dtype) 
     return (x, packed, scale, qw.zero_point.to(device), group)  # type: ignore[union-attr]
 
 
+def _per_channel(weight_scale: torch.Tensor, n: int, op: str) -> torch.Tensor:
+    """A weight scale [N], [N, 1] (per channel) or [1], [1, 1] (per tensor) as float32 [N] or [1]."""
+    flat = weight_scale.reshape(-1)
+    if flat.numel() not in (1, n):
+        raise ValueError(f"{op}: weight_scale {tuple(weight_scale.shape)} must be [N], [N, 1] or [1] with N = {n}")
+    return flat.to(torch.float32)
+
+
+def _scaled_output(
+    acc: torch.Tensor, scale_x: torch.Tensor, scale_w: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor:
+    """acc * s_x * s_w (+ b) in float32, cast once to the output dtype."""
+    y = acc.to(torch.float32) * scale_x * scale_w
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.to(dtype)
+
+
+def w8a8_int8_linear(
+    x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """y = (q_x @ q_w^T) * s_x * s_w (+ b): W8A8 int8 with dynamic per-token symmetric activation quantization.
+
+    x: [..., K] (fp16/bf16/fp32); s_x = max(max|x_token|, 1e-12) / 127 per token, q_x = clamp(round(x / s_x),
+    -127, 127) (activation_quant's convention, so QuantLinear with int8 weights and dynamic per-token int8
+    activations computes the same function); weight_q: int8 [N, K]; weight_scale: [N], [N, 1] (per channel) or
+    [1] (per tensor), any float dtype; bias: [N] or None. The integer products are summed exactly (float64 holds
+    every int32 sum, as an int32 accumulator would), scaled in float32 and cast once to x's dtype: [..., N].
+    """
+    n, k = weight_q.shape
+    if x.shape[-1] != k or weight_q.dtype != torch.int8:
+        raise ValueError(
+            f"w8a8_int8_linear: x [..., {x.shape[-1]}] and int8 weight [N, K] = {tuple(weight_q.shape)} "
+            f"({weight_q.dtype}) do not fit"
+        )
+    q_x, scale_x = quantize_activation(x, ActivationQuantArgs(type="int"))  # [..., K] int8, [..., 1] f32
+    acc = torch.matmul(q_x.to(torch.float64), weight_q.to(torch.float64).T)  # [..., N], exact
+    return _scaled_output(acc, scale_x, _per_channel(weight_scale, n, "w8a8_int8_linear"), bias, x.dtype)
+
+
+def fp8_linear(
+    x: torch.Tensor,
+    weight_fp8: torch.Tensor,
+    weight_scale: torch.Tensor,
+    input_scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y = (q_x @ q_w^T) * s_x * s_w (+ b): fp8 e4m3 W8A8, as vLLM's fp8 linear.
+
+    Activations: dynamic per token, s_x = max(max|x_token|, 1e-12) / 448, when input_scale is None; else static
+    per tensor, s_x = input_scale ([1] or [], float). q_x = fp8(clamp(x / s_x, -448, 448)) (activation_quant's
+    convention). weight_fp8: float8_e4m3fn [N, K]; weight_scale: [N], [N, 1] or [1]; bias: [N] or None. Every
+    product of two e4m3 values, and their sum over K < 2^17, is exact in float64; the result is scaled in
+    float32 and cast once to x's dtype: [..., N].
+    """
+    n, k = weight_fp8.shape
+    if x.shape[-1] != k or weight_fp8.dtype != torch.float8_e4m3fn:
+        raise ValueError(
+            f"fp8_linear: x [..., {x.shape[-1]}] and e4m3 weight [N, K] = {tuple(weight_fp8.shape)} "
+            f"({weight_fp8.dtype}) do not fit"
+        )
+    if input_scale is None:
+        args = ActivationQuantArgs(type="float")
+    else:
+        args = ActivationQuantArgs(type="float", strategy="tensor", dynamic=False)
+        input_scale = input_scale.reshape(-1)[:1]
+    q_x, scale_x = quantize_activation(x, args, input_scale)  # [..., K] e4m3, [..., 1] or [1] f32
+    acc = torch.matmul(q_x.to(torch.float64), weight_fp8.to(torch.float64).T)  # [..., N], exact
+    return _scaled_output(acc, scale_x, _per_channel(weight_scale, n, "fp8_linear"), bias, x.dtype)
+
+
+def _w8a8_inputs(
+    gen: torch.Generator, device: str, dtype: torch.dtype, *, fp8: bool, static: bool = False
+) -> tuple[Any, ...]:
+    # K = 200 and N = 76 fit no kernel block; per-channel weight scales; a bias; rows of very different sizes.
+    m, k, n = 5, 200, 76
+    weight = torch.randn(n, k, generator=gen) * 0.05
+    args = WeightQuantArgs(num_bits=8, symmetric=True, strategy="channel", type="float" if fp8 else "int")
+    qw = quantize(weight, args)
+    x = torch.randn(m, k, generator=gen) * torch.logspace(-1, 1, m)[:, None]
+    bias = torch.randn(n, generator=gen) * 0.1
+    x, bias = x.to(device=device, dtype=dtype), bias.to(device=device, dtype=dtype)
+    q, scale = qw.q.to(device), qw.scale.to(device)
+    if not fp8:
+        return (x, q, scale, bias)
+    input_scale = (x.float().abs().amax() / 448 * 1.25).reshape(1) if static else None
+    return (x, q, scale, input_scale, bias)
+
+
+def _cached_attention_inputs(
+    gen: torch.Generator, device: str, dtype: torch.dtype, *, fmt: str, new_tokens: int = 1
+) -> tuple[Any, ...]:
+    # GQA 4 (8 query heads over 2 KV heads); ragged rows, one of them full and one holding only the new tokens;
+    # positions past a row's length hold data that must be ignored. new_tokens > 1 is verification / a chunk.
+    b, hq, hkv, cap, d = 3, 8, 2, 40, 64
+    seq_lens = torch.tensor([17, cap, new_tokens], dtype=torch.int32)
+    q = torch.randn(b, hq, new_tokens, d, generator=gen)
+    keys, values = (torch.randn(b, hkv, cap, d, generator=gen) for _ in range(2))
+    if fmt == "none":
+        keys, values = keys.to(dtype), values.to(dtype)
+    k, v = kv_quantize(keys, fmt), kv_quantize(values, fmt)
+    tensors = [q.to(dtype), *k, *v, seq_lens]
+    q, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, lens = (None if t is None else t.to(device) for t in tensors)
+    return (q, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, lens, fmt, 1.0 / math.sqrt(d))
+
+
 OPS: dict[str, OpSpec] = {
     "dequant_linear": OpSpec(
         name="dequant_linear",
@@ -97,5 +216,36 @@ OPS: dict[str, OpSpec] = {
         rtol=1e-2,
         atol=1e-2,
         doc="x @ ((q - zp) * s)^T with 4-bit codes packed in int32 (pack-quantized), per-group scales/zero points",
+    ),
+    "w8a8_int8_linear": OpSpec(
+        name="w8a8_int8_linear",
+        reference=w8a8_int8_linear,
+        make_inputs=functools.partial(_w8a8_inputs, fp8=False),
+        rtol=1e-2,
+        atol=1e-2,
+        doc="int8 W8A8: per-token dynamic int8 activations, int32 products, per-channel weight scales",
+    ),
+    "fp8_linear": OpSpec(
+        name="fp8_linear",
+        reference=fp8_linear,
+        make_inputs=functools.partial(_w8a8_inputs, fp8=True),
+        variants=(functools.partial(_w8a8_inputs, fp8=True, static=True),),
+        rtol=1e-2,
+        atol=1e-2,
+        doc="fp8 e4m3 W8A8: per-token dynamic (or static per-tensor) activations, per-channel weight scales",
+    ),
+    "cached_attention": OpSpec(
+        name="cached_attention",
+        reference=cached_attention,
+        make_inputs=functools.partial(_cached_attention_inputs, fmt="none"),
+        variants=tuple(
+            functools.partial(_cached_attention_inputs, fmt=fmt, new_tokens=t)
+            for fmt in KV_FORMATS
+            for t in (1, 3)
+            if (fmt, t) != ("none", 1)
+        ),
+        rtol=1e-2,
+        atol=1e-2,
+        doc="causal GQA attention of T new queries over a static KV cache (none/int8/fp8/int4), ragged lengths",
     ),
 }

@@ -165,14 +165,16 @@ def check_backend_kernels_match_reference(spec: KernelBackendSpec) -> None:
     device = TORCH_DEVICE[spec.capability().device_type]
     for op_name, kernel in kernels.items():
         op = OPS[op_name]
-        for dtype in (torch.float32, torch.bfloat16):
-            args = op.make_inputs(torch.Generator().manual_seed(0), device, dtype)
-            expected = op.reference(*args).float()
-            got = kernel(*args)
-            assert got.shape == expected.shape, f"{spec.name}.{op_name}: shape {got.shape} != {expected.shape}"
-            assert torch.isfinite(got).all(), f"{spec.name}.{op_name}: non-finite output"
-            scale = 1.0 if dtype == torch.float32 else 4.0
-            torch.testing.assert_close(got.float(), expected, rtol=op.rtol * scale, atol=op.atol * scale)
+        for case, make_inputs in enumerate(op.input_makers):
+            for dtype in (torch.float32, torch.bfloat16):
+                args = make_inputs(torch.Generator().manual_seed(0), device, dtype)
+                expected = op.reference(*args).float()
+                got = kernel(*args)
+                where = f"{spec.name}.{op_name} (inputs {case}, {dtype})"
+                assert got.shape == expected.shape, f"{where}: shape {got.shape} != {expected.shape}"
+                assert torch.isfinite(got).all(), f"{where}: non-finite output"
+                scale = 1.0 if dtype == torch.float32 else 4.0
+                torch.testing.assert_close(got.float(), expected, rtol=op.rtol * scale, atol=op.atol * scale)
 
 
 CHECKS: dict[type, tuple[Check, ...]] = {

@@ -1,4 +1,4 @@
-"""The w4a16_linear reference against a float64 computation from the unpacked codes."""
+"""The kernel ops' references (accel.runtime.ops) against direct float64 computations."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ import math
 import pytest
 import torch
 
+from accel.quantization.activation_quant import ActivationQuantArgs
 from accel.quantization.kernels.reference import dequant_linear
-from accel.runtime.ops import OPS, w4a16_linear
+from accel.quantization.qlinear import QuantLinear
+from accel.quantization.weight_quant import WeightQuantArgs, quantize
+from accel.runtime.kv_ops import KV_FORMATS, KVTensors, kv_dequantize
+from accel.runtime.ops import OPS, fp8_linear, w4a16_linear, w8a8_int8_linear
 from accel.runtime.packing import pack_int32
 
 # Relative error bound of the output, ||got - expected|| / ||expected||: float32 arithmetic lands far under 1e-5;
@@ -75,3 +79,122 @@ def test_op_inputs_cover_the_asymmetric_partial_group_case():
     assert scale.dtype == x.dtype and scale.shape[1] == math.ceil(k / group)
     assert zero_point is not None and zero_point.dtype == torch.int8
     assert torch.isfinite(op.reference(x, packed, scale, zero_point, group)).all()
+
+
+# W8A8 and cached attention: references against direct float64 definitions.
+
+
+def w8a8_float64(x, weight_q, weight_scale, bias, qmax, input_scale=None):
+    """Quantize x per token (or with the static scale) in float64, then the float64 product, scaled."""
+    xd = x.double()
+    if input_scale is None:
+        scale = xd.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / qmax
+    else:
+        scale = input_scale.double().reshape(1)
+    scaled = (x.float() / scale.float()).double()  # the division activation_quant does, in fp32
+    if qmax == 127.0:
+        codes = torch.round(scaled).clamp(-127, 127)
+    else:
+        codes = scaled.clamp(-448, 448).to(torch.float8_e4m3fn).double()
+    y = codes @ weight_q.double().T * scale * weight_scale.double().reshape(-1)
+    return y if bias is None else y + bias.double()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("m", "n", "k", "bias", "per_tensor"), [(1, 16, 64, True, False), (7, 33, 200, False, True)])
+def test_w8a8_int8_reference_matches_float64(m, n, k, bias, per_tensor, dtype):
+    gen = torch.Generator().manual_seed(m * 100 + k)
+    x = (torch.randn(m, k, generator=gen) * torch.logspace(-2, 1, m)[:, None]).to(dtype)
+    weight_q = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
+    weight_scale = torch.rand(1 if per_tensor else n, 1, generator=gen) * 1e-3 + 1e-4
+    b = torch.randn(n, generator=gen).to(dtype) if bias else None
+    got = w8a8_int8_linear(x, weight_q, weight_scale, b)
+    assert got.dtype == dtype and got.shape == (m, n)
+    expected = w8a8_float64(x, weight_q, weight_scale, b, 127.0)
+    error = float((got.double() - expected).norm() / expected.norm())
+    assert error < BOUND[dtype], f"relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_fp8_linear_reference_matches_float64(static, dtype):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 96, generator=gen).to(dtype)
+    weight = (torch.randn(24, 96, generator=gen) * 30).to(torch.float8_e4m3fn)
+    weight_scale = torch.rand(24, generator=gen) * 1e-2
+    input_scale = (x.float().abs().amax() / 448 * 1.5).reshape(1) if static else None
+    got = fp8_linear(x, weight, weight_scale, input_scale, None)
+    expected = w8a8_float64(x, weight, weight_scale, None, 448.0, input_scale)
+    error = float((got.double() - expected).norm() / expected.norm())
+    assert error < BOUND[dtype], f"relative error {error:.2e}"
+
+
+@pytest.mark.parametrize(
+    ("fp8", "static"), [(False, False), (True, False), (True, True)], ids=["int8", "fp8", "fp8-static"]
+)
+def test_w8a8_ops_agree_with_quant_linear(fp8, static):
+    """QuantLinear's portable forward (fake-quantized activations, dequantized weights) is the same function."""
+    gen = torch.Generator().manual_seed(5)
+    weight = torch.randn(40, 128, generator=gen, dtype=torch.float64) * 0.05
+    qw = quantize(weight, WeightQuantArgs(num_bits=8, strategy="channel", type="float" if fp8 else "int"))
+    x = torch.randn(2, 3, 128, generator=gen, dtype=torch.float64) * 2
+    bias = torch.randn(40, generator=gen, dtype=torch.float64)
+    input_scale = (x.abs().amax() / (448.0 if fp8 else 127.0) * 1.1).reshape(1) if static else None
+    kind = "float" if fp8 else "int"
+    act = ActivationQuantArgs(type=kind, strategy="tensor" if static else "token", dynamic=not static)
+    layer = QuantLinear(qw, bias=bias, act_args=act, input_scale=input_scale)
+    got = fp8_linear(x, qw.q, qw.scale, input_scale, bias) if fp8 else w8a8_int8_linear(x, qw.q, qw.scale, bias)
+    assert got.shape == (2, 3, 40)
+    torch.testing.assert_close(got, layer(x), rtol=1e-6, atol=1e-6)
+
+
+def test_w8a8_references_reject_mismatched_shapes():
+    x = torch.randn(2, 64)
+    with pytest.raises(ValueError, match="do not fit"):
+        w8a8_int8_linear(x, torch.zeros(8, 32, dtype=torch.int8), torch.ones(8))
+    with pytest.raises(ValueError, match="weight_scale"):
+        w8a8_int8_linear(x, torch.zeros(8, 64, dtype=torch.int8), torch.ones(3))
+    with pytest.raises(ValueError, match="do not fit"):
+        fp8_linear(x, torch.zeros(8, 64, dtype=torch.int8), torch.ones(8))
+
+
+def attention_float64(q, keys, values, seq_lens):
+    """Direct definition on dequantized K/V, one (row, head, query) at a time."""
+    b, hq, t, d = q.shape
+    group = hq // keys.shape[1]
+    out = torch.zeros(b, hq, t, d, dtype=torch.float64)
+    for row in range(b):
+        for head in range(hq):
+            for i in range(t):
+                visible = int(seq_lens[row]) - t + i + 1
+                k, v = keys[row, head // group, :visible].double(), values[row, head // group, :visible].double()
+                weights = torch.softmax(k @ q[row, head, i].double() / math.sqrt(d), dim=0)
+                out[row, head, i] = weights @ v
+    return out
+
+
+@pytest.mark.parametrize("case", range(len(OPS["cached_attention"].input_makers)))
+def test_cached_attention_reference_matches_float64(case):
+    op = OPS["cached_attention"]
+    args = op.input_makers[case](torch.Generator().manual_seed(case), "cpu", torch.float32)
+    q, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, seq_lens, fmt, sm_scale = args
+    assert sm_scale == pytest.approx(1 / math.sqrt(q.shape[-1]))
+    keys = kv_dequantize(KVTensors(k_codes, k_scale, k_zero), fmt)
+    values = kv_dequantize(KVTensors(v_codes, v_scale, v_zero), fmt)
+    got = op.reference(*args)
+    expected = attention_float64(q, keys, values, seq_lens)
+    error = float((got.double() - expected).norm() / expected.norm())
+    assert error < 1e-5, f"{fmt}: relative error {error:.2e}"
+
+
+def test_op_inputs_cover_every_kv_format_gqa_and_ragged_rows():
+    op = OPS["cached_attention"]
+    seen = set()
+    for make_inputs in op.input_makers:
+        args = make_inputs(torch.Generator().manual_seed(0), "cpu", torch.bfloat16)
+        q, k_codes, seq_lens, fmt = args[0], args[1], args[7], args[8]
+        seen.add((fmt, q.shape[2]))
+        assert q.shape[1] > k_codes.shape[1], "query heads must share KV heads (GQA)"
+        assert len(set(seq_lens.tolist())) == len(seq_lens), "rows must hold different lengths"
+        assert int(seq_lens.max()) == k_codes.shape[2] and int(seq_lens.min()) == q.shape[2]
+    assert seen == {(fmt, t) for fmt in KV_FORMATS for t in (1, 3)}

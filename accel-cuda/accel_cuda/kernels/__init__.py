@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["triton_available", "w4a16_linear"]
+__all__ = ["cached_attention", "fp8_linear", "triton_available", "w4a16_linear", "w8a8_int8_linear"]
 
 
 def triton_available() -> bool:
@@ -28,3 +28,50 @@ def w4a16_linear(
     from accel_cuda.kernels.w4a16 import w4a16_linear as impl
 
     return impl(x, weight_packed, weight_scale, weight_zero_point, group_size, **kwargs)
+
+
+def w8a8_int8_linear(
+    x: torch.Tensor,
+    weight_q: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """The int8 W8A8 linear (accel_cuda.kernels.w8a8.w8a8_int8_linear), imported on first call."""
+    from accel_cuda.kernels.w8a8 import w8a8_int8_linear as impl
+
+    return impl(x, weight_q, weight_scale, bias, **kwargs)
+
+
+def fp8_linear(
+    x: torch.Tensor,
+    weight_fp8: torch.Tensor,
+    weight_scale: torch.Tensor,
+    input_scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """The fp8 W8A8 linear (accel_cuda.kernels.w8a8.fp8_linear), imported on first call."""
+    from accel_cuda.kernels.w8a8 import fp8_linear as impl
+
+    return impl(x, weight_fp8, weight_scale, input_scale, bias, **kwargs)
+
+
+def cached_attention(
+    q: torch.Tensor,
+    k_codes: torch.Tensor,
+    k_scale: torch.Tensor | None,
+    k_zero: torch.Tensor | None,
+    v_codes: torch.Tensor,
+    v_scale: torch.Tensor | None,
+    v_zero: torch.Tensor | None,
+    seq_lens: torch.Tensor,
+    fmt: str,
+    sm_scale: float,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Flash-decoding over the static KV cache (accel_cuda.kernels.attention.cached_attention), imported on first
+    call."""
+    from accel_cuda.kernels.attention import cached_attention as impl
+
+    return impl(q, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, seq_lens, fmt, sm_scale, **kwargs)

@@ -33,8 +33,10 @@ import triton
 import triton.language as tl
 
 from accel.runtime.ops import w4a16_linear as reference
+from accel_cuda.kernels import w4a16_gemv as gemv
+from accel_cuda.kernels.w4a16_gemv import unpermute_nibbles
 
-__all__ = ["Config", "plan", "w4a16_dequantize", "w4a16_linear"]
+__all__ = ["Config", "plan", "prepare", "w4a16_dequantize", "w4a16_linear"]
 
 # Tests set this to fill workspaces with NaN, so an element a kernel failed to write shows.
 POISON = False
@@ -60,6 +62,16 @@ def _unpack8(words, zf):
     v5 = ((hi & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + zf)
     v6 = ((hi & 0xF0) | 0x4B000000).to(tl.float32, bitcast=True) * 0.0625 - (524288.0 + zf)
     v7 = ((hi & 0xF00) | 0x4B000000).to(tl.float32, bitcast=True) * 0.00390625 - (32768.0 + zf)
+    return v0, v1, v2, v3, v4, v5, v6, v7
+
+
+@triton.jit
+def _codes8(words, zf, PERMUTED: tl.constexpr):
+    """_unpack8's values in code order: with PERMUTED words (w4a16_gemv.permute_nibbles: slot i holds code 2i
+    for i < 4 and code 2(i - 4) + 1 above), code c sits in slot c // 2 + 4 (c % 2)."""
+    v0, v1, v2, v3, v4, v5, v6, v7 = _unpack8(words, zf)
+    if PERMUTED:
+        return v0, v4, v1, v5, v2, v6, v3, v7
     return v0, v1, v2, v3, v4, v5, v6, v7
 
 
@@ -95,9 +107,10 @@ def _load_tile(w_ptr, s_ptr, z_ptr, offs_n, n_mask, t, t_lim, num_tiles, KW, G, 
 
 
 @triton.jit
-def _gemv_tile(acc, words, s, zf, x_ptr, offs_m, m_mask, t, K, stride_xm, BLOCK_K: tl.constexpr):
+def _gemv_tile(acc, words, s, zf, x_ptr, offs_m, m_mask, t, K, stride_xm, BLOCK_K: tl.constexpr,
+               PERMUTED: tl.constexpr):
     """acc [BLOCK_M, BLOCK_N, BLOCK_K // 8] += s * sum_j (q_j - zp) * x[:, t * BLOCK_K + 8w + j]."""
-    v0, v1, v2, v3, v4, v5, v6, v7 = _unpack8(words, zf[:, None])
+    v0, v1, v2, v3, v4, v5, v6, v7 = _codes8(words, zf[:, None], PERMUTED)
     kk = t * BLOCK_K + tl.arange(0, BLOCK_K // 8) * 8
     xp = x_ptr + offs_m[:, None] * stride_xm + kk[None, :]
     xm = m_mask[:, None] & (kk[None, :] < K)
@@ -122,7 +135,7 @@ def _w4a16_gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr,
     M, N, K, KW, G, group_size, tiles_per_split,
     stride_xm, stride_om, stride_os,
-    HAS_ZP: tl.constexpr, PREFETCH: tl.constexpr,
+    HAS_ZP: tl.constexpr, PREFETCH: tl.constexpr, PERMUTED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -144,13 +157,13 @@ def _w4a16_gemv_kernel(
         for t in range(t_start, t_lim):
             n_words, n_s, n_zf = _load_tile(w_ptr, s_ptr, z_ptr, offs_n, n_mask, t + 1, t_lim, num_tiles, KW, G,
                                             group_size, HAS_ZP, BLOCK_K)
-            acc = _gemv_tile(acc, words, s, zf, x_ptr, offs_m, m_mask, t, K, stride_xm, BLOCK_K)
+            acc = _gemv_tile(acc, words, s, zf, x_ptr, offs_m, m_mask, t, K, stride_xm, BLOCK_K, PERMUTED)
             words, s, zf = n_words, n_s, n_zf
     else:
         for t in range(t_start, t_lim):
             words, s, zf = _load_tile(w_ptr, s_ptr, z_ptr, offs_n, n_mask, t, t_lim, num_tiles, KW, G, group_size,
                                       HAS_ZP, BLOCK_K)
-            acc = _gemv_tile(acc, words, s, zf, x_ptr, offs_m, m_mask, t, K, stride_xm, BLOCK_K)
+            acc = _gemv_tile(acc, words, s, zf, x_ptr, offs_m, m_mask, t, K, stride_xm, BLOCK_K, PERMUTED)
     y = tl.sum(acc, axis=2)
     out = out_ptr + pid_s * stride_os + offs_m[:, None] * stride_om + offs_n[None, :]
     tl.store(out, y.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
@@ -189,7 +202,8 @@ def _w4a16_dot_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr,
     M, N, K, KW, G, group_size, tiles_per_split,
     stride_xm, stride_om, stride_os,
-    HAS_ZP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_K: tl.constexpr,
+    HAS_ZP: tl.constexpr, PERMUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    GROUP_K: tl.constexpr,
     NUM_G: tl.constexpr,
 ):
     """Swap-AB tiled product: out^T tile [BLOCK_N, BLOCK_M] += W tile [BLOCK_N, BK] @ x^T tile [BK, BLOCK_M],
@@ -214,7 +228,7 @@ def _w4a16_dot_kernel(
         kk = t * BK + offs_k
         xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + kk[:, None],
                      mask=(kk[:, None] < K) & m_mask[None, :], other=0.0)  # x^T tile [BK, BLOCK_M]
-        v0, v1, v2, v3, v4, v5, v6, v7 = _unpack8(words, zf[:, :, None])
+        v0, v1, v2, v3, v4, v5, v6, v7 = _codes8(words, zf[:, :, None], PERMUTED)
         sc = s[:, :, None]
         a = _interleave8(_flat((v0 * sc).to(dt), BLOCK_N, BK), _flat((v1 * sc).to(dt), BLOCK_N, BK),
                          _flat((v2 * sc).to(dt), BLOCK_N, BK), _flat((v3 * sc).to(dt), BLOCK_N, BK),
@@ -230,7 +244,8 @@ def _w4a16_dot8_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr,
     M, N, K, KW, G, group_size, tiles_per_split,
     stride_xm, stride_om, stride_os,
-    HAS_ZP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_K: tl.constexpr,
+    HAS_ZP: tl.constexpr, PERMUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    GROUP_K: tl.constexpr,
     NUM_G: tl.constexpr,
 ):
     """Like _w4a16_dot_kernel without re-interleaving the nibbles: sum_k W[n, k] x[k] is split by nibble j,
@@ -257,7 +272,7 @@ def _w4a16_dot8_kernel(
         kx = t * BK + offs_w * 8
         xb = x_ptr + offs_m[None, :] * stride_xm + kx[:, None]  # x^T rows 8w (+ j): [WPT, BLOCK_M]
         xm = (kx[:, None] < K) & m_mask[None, :]
-        v0, v1, v2, v3, v4, v5, v6, v7 = _unpack8(words, zf[:, :, None])
+        v0, v1, v2, v3, v4, v5, v6, v7 = _codes8(words, zf[:, :, None], PERMUTED)
         if NUM_G == 1:
             part = tl.dot(_flat(v0.to(dt), BLOCK_N, BK), tl.load(xb, mask=xm, other=0.0))
             part = tl.dot(_flat(v1.to(dt), BLOCK_N, BK), tl.load(xb + 1, mask=xm, other=0.0), part)
@@ -295,7 +310,7 @@ def _splitk_reduce_kernel(ws_ptr, out_ptr, total, SPLIT, BLOCK: tl.constexpr):
 @triton.jit(do_not_specialize=["N", "K", "G", "group_size"])
 def _w4_dequant_kernel(
     w_ptr, s_ptr, z_ptr, out_ptr, N, K, KW, G, group_size,
-    HAS_ZP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_ZP: tl.constexpr, PERMUTED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     t = tl.program_id(1)
@@ -303,7 +318,7 @@ def _w4_dequant_kernel(
     n_mask = offs_n < N
     words, s, zf = _load_tile(w_ptr, s_ptr, z_ptr, offs_n, n_mask, t, t + 1, tl.cdiv(K, BLOCK_K), KW, G,
                               group_size, HAS_ZP, BLOCK_K)
-    v0, v1, v2, v3, v4, v5, v6, v7 = _unpack8(words, zf[:, None])
+    v0, v1, v2, v3, v4, v5, v6, v7 = _codes8(words, zf[:, None], PERMUTED)
     sc = s[:, None]
     dt = out_ptr.dtype.element_ty
     w = _interleave8((v0 * sc).to(dt), (v1 * sc).to(dt), (v2 * sc).to(dt), (v3 * sc).to(dt), (v4 * sc).to(dt),
@@ -417,8 +432,10 @@ def w4a16_dequantize(
     *,
     block_n: int = 32,
     block_k: int = 128,
+    permuted: bool = False,
 ) -> torch.Tensor:
-    """W = (q - zp) * s as [N, K] in dtype (scaled in fp32, then rounded once)."""
+    """W = (q - zp) * s as [N, K] in dtype (scaled in fp32, then rounded once); `permuted` words went through
+    w4a16_gemv.permute_nibbles."""
     n = weight_packed.shape[0]
     groups = weight_scale.shape[1]
     group = group_size if groups > 1 else 1 << 30
@@ -428,7 +445,7 @@ def w4a16_dequantize(
     grid = (triton.cdiv(n, block_n), triton.cdiv(k, block_k))
     _w4_dequant_kernel[grid](
         weight_packed, weight_scale, zp, out, n, k, weight_packed.shape[1], groups, group,
-        HAS_ZP=weight_zero_point is not None, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
+        HAS_ZP=weight_zero_point is not None, PERMUTED=permuted, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
     )
     return out
 
@@ -448,12 +465,15 @@ def w4a16_linear(
     *,
     out: torch.Tensor | None = None,
     config: Config | None = None,
+    permuted: bool = False,
 ) -> torch.Tensor:
     """Triton W4A16 linear; same contract as accel.runtime.ops.w4a16_linear (the reference).
 
     Falls back to the reference off CUDA, for dtypes other than fp16/bf16/fp32, K not a multiple of 8, or group
     sizes with no power-of-two divisor >= 16. `out` ([M, N] contiguous, x's dtype) receives the result when
-    given; `config` overrides the plan (benchmarks and tests)."""
+    given; `config` overrides the plan (benchmarks and tests). `permuted`: the words went through
+    w4a16_gemv.permute_nibbles (`prepare` does that once at load), which opens the packed-pair decode GEMV for
+    the M it was tuned for (w4a16_gemv.py); every other path reads permuted words as well."""
     k = x.shape[-1]
     n = weight_packed.shape[0]
     groups = weight_scale.shape[1]
@@ -466,6 +486,8 @@ def w4a16_linear(
         or weight_scale.shape[0] != n
         or groups != math.ceil(k / group)
     ):
+        if permuted:
+            weight_packed = unpermute_nibbles(weight_packed)
         y = reference(x, weight_packed, weight_scale, weight_zero_point, group_size)
         if out is not None:
             out.copy_(y.reshape(out.shape))
@@ -474,6 +496,8 @@ def w4a16_linear(
     if groups == 1:
         group = 1 << 30  # one group per row: every tile is in group 0, whatever K is
     if _block_k_limit(group) < 16:
+        if permuted:
+            weight_packed = unpermute_nibbles(weight_packed)
         return reference(x, weight_packed, weight_scale, weight_zero_point, group_size)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k).contiguous()
@@ -488,11 +512,16 @@ def w4a16_linear(
         raise ValueError(f"out has dtype {out.dtype}, x has {x.dtype}")
     if m == 0:
         return result
+    if permuted and x.dtype in (torch.float16, torch.bfloat16) and gemv.supports(k, groups, group_size):
+        gcfg = gemv.gemv_plan(m, n, k, *_device_info(x.device))
+        if gcfg is not None:
+            return gemv.w4a16_gemv(x, weight_packed, weight_scale, weight_zero_point, config=gcfg, out=result,
+                                   permuted=True)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         cfg = _launch_config(config or plan(m, n, k, group, x.dtype, *_device_info(x.device)), group)
         if cfg.kernel == "dequant":
             weight = w4a16_dequantize(weight_packed, weight_scale, weight_zero_point, group_size, k, x.dtype,
-                                      block_n=cfg.block_n, block_k=cfg.block_k)
+                                      block_n=cfg.block_n, block_k=cfg.block_k, permuted=permuted)
             torch.mm(x2, weight.t(), out=out)
             return result
         bk = cfg.block_k * (cfg.num_g if cfg.kernel in ("dot", "dot8") else 1)
@@ -504,16 +533,31 @@ def w4a16_linear(
         args = (x2, weight_packed, weight_scale, zp, target, m, n, k, k // 8, groups, group, tiles_per_split,
                 x2.stride(0), n, m * n)
         if cfg.kernel == "gemv":
-            _w4a16_gemv_kernel[grid](*args, HAS_ZP=has_zp, PREFETCH=cfg.prefetch, BLOCK_M=cfg.block_m,
-                                     BLOCK_N=cfg.block_n, BLOCK_K=bk, num_warps=cfg.num_warps,
+            _w4a16_gemv_kernel[grid](*args, HAS_ZP=has_zp, PREFETCH=cfg.prefetch, PERMUTED=permuted,
+                                     BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk, num_warps=cfg.num_warps,
                                      num_stages=cfg.num_stages)
         elif cfg.kernel in ("dot", "dot8"):
             kernel = _w4a16_dot_kernel if cfg.kernel == "dot" else _w4a16_dot8_kernel
-            kernel[grid](*args, HAS_ZP=has_zp, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_K=cfg.block_k,
-                         NUM_G=cfg.num_g, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            kernel[grid](*args, HAS_ZP=has_zp, PERMUTED=permuted, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                         GROUP_K=cfg.block_k, NUM_G=cfg.num_g, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         else:
             raise ValueError(f"unknown kernel {cfg.kernel!r}")
         if split > 1:
             total = m * n
             _splitk_reduce_kernel[(triton.cdiv(total, 1024),)](target, out, total, split, BLOCK=1024, num_warps=4)
     return result
+
+
+def prepare(
+    weight_packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor | None,
+    group_size: int,
+) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int], dict[str, object]]:
+    """Convert a layer's artifact tensors once, at load, into what these kernels read fastest: the nibbles
+    permuted for the packed-pair decode GEMV (the words stay [N, K/8] and every other path reads them too).
+    Returns the op's weight arguments and the keyword arguments to pass with them on every call."""
+    k = weight_packed.shape[1] * 8
+    if not weight_packed.is_cuda or not gemv.supports(k, weight_scale.shape[1], group_size):
+        return (weight_packed, weight_scale, weight_zero_point, group_size), {}
+    return (gemv.permute_nibbles(weight_packed), weight_scale, weight_zero_point, group_size), {"permuted": True}

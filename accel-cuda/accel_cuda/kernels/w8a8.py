@@ -1,0 +1,434 @@
+"""W8A8 linear in Triton and cuBLAS: int8 (y = (q_x @ q_w^T) * s_x * s_w + b) and fp8 e4m3 (vLLM's fp8 W8A8).
+
+Two steps per call:
+
+1. `quantize_rows`: one program per token computes s_x = max(max|x|, 1e-12) / qmax (or takes the static scale)
+   and writes the codes q_x = clamp(round(x / s_x)) (int8) or fp8(clamp(x / s_x)) (e4m3), activation_quant's
+   convention. round() is half-to-even through the 1.5 * 2^23 trick (adding and subtracting it rounds an fp32
+   |y| <= 2^22 to an integer in the current, nearest-even mode).
+2. The product, by `W8Config.kernel`:
+   - "triton": a tl.dot GEMM on the int8 (int32 accumulator) or e4m3 (fp32 accumulator) codes, both operands
+     K-major, with the scales, bias and cast fused into its epilogue; split-K partials (already scaled, fp32)
+     are summed by a second small kernel that adds the bias.
+   - "cublas": torch._int_mm (int8 -> int32) or torch._scaled_mm (e4m3; unit scales -> fp32), then a Triton
+     epilogue kernel applies s_x, s_w and the bias.
+   - "scaled_mm": fp8 only, torch._scaled_mm with rowwise scales (s_x [M, 1], s_w [1, N]) and the bias fused in
+     cuBLAS/CUTLASS; Hopper and newer with bf16 output.
+
+`plan` picks one per shape (KERNEL_NOTES.md has the measurements behind it): at decode sizes int8 runs the Triton
+GEMM (its int8 weights are half of bf16's bytes) and fp8 cuBLAS; above M = 64 the libraries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from accel.runtime.ops import fp8_linear as fp8_reference
+from accel.runtime.ops import w8a8_int8_linear as int8_reference
+
+__all__ = ["W8Config", "fp8_linear", "plan", "quantize_rows", "w8a8_int8_linear"]
+
+POISON = False  # tests: fill outputs and workspaces with NaN first, so unwritten elements show
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+FP8_MAX = 448.0
+
+
+@triton.jit
+def _quantize_rows_kernel(
+    x_ptr,
+    q_ptr,
+    s_ptr,
+    static_ptr,
+    K,
+    stride_xm,
+    FP8: tl.constexpr,
+    STATIC: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK_K)
+    qmax = 448.0 if FP8 else 127.0
+    if STATIC:
+        scale = tl.load(static_ptr).to(tl.float32)
+    else:
+        amax = tl.zeros((BLOCK_K,), tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            x = tl.load(x_ptr + row * stride_xm + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
+            amax = tl.maximum(amax, tl.abs(x))
+        scale = tl.math.div_rn(tl.maximum(tl.max(amax, axis=0), 1e-12), qmax)  # IEEE, as torch
+    tl.store(s_ptr + row, scale)
+    for k0 in range(0, K, BLOCK_K):
+        mask = k0 + offs < K
+        y = tl.math.div_rn(tl.load(x_ptr + row * stride_xm + k0 + offs, mask=mask, other=0.0).to(tl.float32), scale)
+        y = tl.minimum(tl.maximum(y, -qmax), qmax)
+        # int8: round half to even (module docstring) before the (truncating) conversion.
+        q = y.to(tl.float8e4nv) if FP8 else ((y + 12582912.0) - 12582912.0).to(tl.int8)
+        tl.store(q_ptr + row * K + k0 + offs, q, mask=mask)
+
+
+@triton.jit(do_not_specialize=["M", "N"])
+def _gemm_kernel(
+    a_ptr,
+    b_ptr,
+    sa_ptr,
+    sb_ptr,
+    bias_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
+    k_per_split,
+    stride_am,
+    stride_bn,
+    stride_om,
+    stride_os,
+    SB_PER_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    FP8: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    """out [M, N] (or split partial) = (a [M, K] @ b [N, K]^T) * sa[m] * sb[n] (+ bias), K range of this split."""
+    pid = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    # Grouped order: GROUP_M row tiles share each column tile while it is in L2.
+    group = pid // (GROUP_M * num_n)
+    first_m = group * GROUP_M
+    rows_in_group = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * num_n)) % rows_in_group
+    pid_n = (pid % (GROUP_M * num_n)) // rows_in_group
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    a_rows = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am
+    b_rows = b_ptr + offs_n.to(tl.int64)[:, None] * stride_bn
+    k_start = pid_s * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32 if FP8 else tl.int32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        kk = k0 + offs_k
+        if EVEN_K:  # every K tile is whole: masks only along rows, so loads stay 16 bytes wide
+            a = tl.load(a_rows + kk[None, :], mask=m_mask[:, None], other=0.0)
+            b = tl.load(b_rows + kk[None, :], mask=n_mask[:, None], other=0.0)
+        else:
+            k_mask = kk < k_end
+            a = tl.load(a_rows + kk[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+            b = tl.load(b_rows + kk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+        acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.float32 if FP8 else tl.int32)
+    sa = tl.load(sa_ptr + offs_m, mask=m_mask, other=0.0)
+    if SB_PER_N:
+        sb = tl.load(sb_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    else:
+        sb = tl.load(sb_ptr + offs_n * 0).to(tl.float32)
+    y = acc.to(tl.float32) * sa[:, None] * sb[None, :]
+    out_mask = m_mask[:, None] & n_mask[None, :]
+    if not SPLIT_K:
+        if HAS_BIAS:
+            y += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+        out = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+        tl.store(out, y.to(out_ptr.dtype.element_ty), mask=out_mask)
+    else:
+        out = out_ptr + pid_s * stride_os + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+        tl.store(out, y, mask=out_mask)
+
+
+@triton.jit
+def _epilogue_kernel(
+    acc_ptr,
+    sa_ptr,
+    sb_ptr,
+    bias_ptr,
+    out_ptr,
+    M,
+    N,
+    SPLITS,
+    stride_s,
+    SCALE: tl.constexpr,
+    SB_PER_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """out = (sum over SPLITS of acc) [* sa[m] * sb[n]] (+ bias), cast to out's dtype; acc fp32 or int32 [.., M, N]."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    mask = m_mask[:, None] & n_mask[None, :]
+    idx = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    y = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for s in range(SPLITS):
+        y += tl.load(acc_ptr + s * stride_s + idx, mask=mask, other=0).to(tl.float32)
+    if SCALE:
+        sa = tl.load(sa_ptr + offs_m, mask=m_mask, other=0.0)
+        if SB_PER_N:
+            sb = tl.load(sb_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        else:
+            sb = tl.load(sb_ptr + offs_n * 0).to(tl.float32)
+        y = y * sa[:, None] * sb[None, :]
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + idx, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@dataclass(frozen=True)
+class W8Config:
+    """One launch plan: "triton" (tile sizes, split-K, warps, stages), "cublas" or "scaled_mm" (module docstring)."""
+
+    kernel: str = "triton"
+    block_m: int = 16
+    block_n: int = 64
+    block_k: int = 256
+    split: int = 1
+    group_m: int = 8
+    num_warps: int = 4
+    num_stages: int = 4
+
+
+def _library_ok(kernel: str, m: int, n: int, k: int, fp8: bool, cuda: bool, rowwise: bool) -> bool:
+    """Whether cuBLAS / CUTLASS take this shape: _int_mm needs M > 16 and K, N multiples of 8; fp8 needs K and N
+    multiples of 16; rowwise-scaled _scaled_mm needs sm90+ and bf16 output."""
+    if not cuda:
+        return False
+    if kernel == "scaled_mm":
+        return fp8 and rowwise and k % 16 == 0 and n % 16 == 0
+    if fp8:
+        return k % 16 == 0 and n % 16 == 0
+    return m > 16 and k % 8 == 0 and n % 8 == 0
+
+
+def plan(m: int, n: int, k: int, fp8: bool, sm_count: int, cuda: bool = True, rowwise: bool = False) -> W8Config:
+    """The path per shape, from the H200 measurements in KERNEL_NOTES.md. fp8: cuBLAS (tensorwise, then the
+    epilogue) up to M = 64, rowwise _scaled_mm above. int8: the Triton GEMM up to M = 64 (decode is weight-bound:
+    column tiles of 64, or 32 and split-K until there are about as many programs as SMs), cuBLAS _int_mm above.
+    Triton wherever the libraries do not take the shape."""
+    if fp8 and m > 64 and _library_ok("scaled_mm", m, n, k, fp8, cuda, rowwise):
+        return W8Config("scaled_mm")
+    if (fp8 or m > 64) and _library_ok("cublas", m, n, k, fp8, cuda, rowwise):
+        return W8Config("cublas")
+    if m > 64:
+        return W8Config(block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=4)
+    block_m = 16 if m <= 16 else 64
+    block_n = 64 if math.ceil(n / 64) >= sm_count else 32
+    tiles = math.ceil(m / block_m) * math.ceil(n / block_n)
+    split = 1
+    while tiles * split < sm_count and k // (split * 2) >= 1024:
+        split *= 2
+    block_k = 256 if block_m == 16 else 128
+    return W8Config(block_m=block_m, block_n=block_n, block_k=block_k, split=split, num_warps=4, num_stages=4)
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if POISON:
+        fill = float("nan") if dtype.is_floating_point and dtype.itemsize > 1 else 0
+        return torch.full(shape, fill, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def quantize_rows(
+    x2: torch.Tensor, fp8: bool, static_scale: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes [M, K] int8 or e4m3, scales fp32 [M]) of a 2-D x with unit stride along K."""
+    m, k = x2.shape
+    codes = _empty((m, k), torch.float8_e4m3fn if fp8 else torch.int8, x2.device)
+    scales = _empty((m,), torch.float32, x2.device)
+    if m:
+        static = static_scale if static_scale is not None else scales
+        _quantize_rows_kernel[(m,)](
+            x2,
+            codes,
+            scales,
+            static,
+            k,
+            x2.stride(0),
+            FP8=fp8,
+            STATIC=static_scale is not None,
+            BLOCK_K=min(2048, triton.next_power_of_2(k)),
+            num_warps=4,
+        )
+    return codes, scales
+
+
+def _rowwise_ok(x: torch.Tensor) -> bool:
+    """torch._scaled_mm with rowwise scales: CUTLASS on sm90+, bf16 output."""
+    return x.is_cuda and x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (9, 0)
+
+
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+
+
+def _linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    input_scale: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    fp8: bool,
+    config: W8Config | None,
+) -> torch.Tensor:
+    n, k = weight.shape
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    m = x2.shape[0]
+    weight = weight if weight.stride(-1) == 1 else weight.contiguous()
+    sw = weight_scale.reshape(-1)
+    static = None if input_scale is None else input_scale.reshape(-1)[:1].to(torch.float32)
+    out = _empty((m, n), x.dtype, x.device)
+    if m == 0:
+        return out.reshape(*lead, n)
+    rowwise = _rowwise_ok(x)
+    cfg = config or plan(m, n, k, fp8, _sm_count(x.device), x.is_cuda, rowwise)
+    if cfg.kernel != "triton" and not _library_ok(cfg.kernel, m, n, k, fp8, x.is_cuda, rowwise):
+        raise ValueError(
+            f"kernel {cfg.kernel!r} does not take M={m}, N={n}, K={k} ({'fp8' if fp8 else 'int8'}, "
+            f"{x.dtype}, {x.device}); use the triton kernel"
+        )
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        codes, sx = quantize_rows(x2, fp8, static)  # [M, K], [M]
+        has_bias = bias is not None
+        bias_arg = bias if bias is not None else sx  # not read without a bias
+        if cfg.kernel == "scaled_mm":
+            scale_b = sw.to(torch.float32).expand(n).contiguous().reshape(1, n)
+            bias_mm = None if bias is None else bias.to(torch.bfloat16)
+            y = torch._scaled_mm(
+                codes, weight.t(), scale_a=sx.reshape(m, 1), scale_b=scale_b, bias=bias_mm, out_dtype=torch.bfloat16
+            )
+            return y.reshape(*lead, n)
+        if cfg.kernel == "cublas":
+            if fp8:
+                one = torch.ones((), dtype=torch.float32, device=x.device)
+                acc = torch._scaled_mm(codes, weight.t(), scale_a=one, scale_b=one, out_dtype=torch.float32)
+            else:
+                acc = torch._int_mm(codes, weight.t())  # int32 [M, N]
+            grid = (triton.cdiv(m, 32), triton.cdiv(n, 128))
+            _epilogue_kernel[grid](
+                acc,
+                sx,
+                sw,
+                bias_arg,
+                out,
+                m,
+                n,
+                1,
+                0,
+                SCALE=True,
+                SB_PER_N=sw.numel() > 1,
+                HAS_BIAS=has_bias,
+                BLOCK_M=32,
+                BLOCK_N=128,
+                num_warps=4,
+            )
+            return out.reshape(*lead, n)
+        k_per_split = triton.cdiv(triton.cdiv(k, cfg.split), cfg.block_k) * cfg.block_k
+        split = triton.cdiv(k, k_per_split)
+        target = out if split == 1 else _empty((split, m, n), torch.float32, x.device)
+        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
+        _gemm_kernel[grid](
+            codes,
+            weight,
+            sx,
+            sw,
+            bias_arg,
+            target,
+            m,
+            n,
+            k,
+            k_per_split,
+            codes.stride(0),
+            weight.stride(0),
+            n,
+            m * n,
+            SB_PER_N=sw.numel() > 1,
+            HAS_BIAS=has_bias,
+            FP8=fp8,
+            SPLIT_K=split > 1,
+            EVEN_K=k % cfg.block_k == 0,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            BLOCK_K=cfg.block_k,
+            GROUP_M=cfg.group_m,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+        )
+        if split > 1:
+            grid = (triton.cdiv(m, 16), triton.cdiv(n, 128))
+            _epilogue_kernel[grid](
+                target,
+                sx,
+                sw,
+                bias_arg,
+                out,
+                m,
+                n,
+                split,
+                m * n,
+                SCALE=False,
+                SB_PER_N=True,
+                HAS_BIAS=has_bias,
+                BLOCK_M=16,
+                BLOCK_N=128,
+                num_warps=4,
+            )
+    return out.reshape(*lead, n)
+
+
+def _usable(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, code_dtype: torch.dtype) -> bool:
+    n, k = weight.shape
+    return (
+        (x.is_cuda or INTERPRET)
+        and x.dtype in _DTYPES
+        and weight.dtype == code_dtype
+        and x.shape[-1] == k
+        and weight_scale.numel() in (1, n)
+    )
+
+
+def w8a8_int8_linear(
+    x: torch.Tensor,
+    weight_q: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    config: W8Config | None = None,
+) -> torch.Tensor:
+    """Triton/cuBLAS int8 W8A8; same contract as accel.runtime.ops.w8a8_int8_linear (the reference), which runs
+    for inputs the kernels do not take. `config` overrides the plan (tests, benchmarks)."""
+    if not _usable(x, weight_q, weight_scale, torch.int8):
+        return int8_reference(x, weight_q, weight_scale, bias)
+    return _linear(x, weight_q, weight_scale, None, bias, False, config)
+
+
+def fp8_linear(
+    x: torch.Tensor,
+    weight_fp8: torch.Tensor,
+    weight_scale: torch.Tensor,
+    input_scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    *,
+    config: W8Config | None = None,
+) -> torch.Tensor:
+    """fp8 e4m3 W8A8 (Triton / torch._scaled_mm); same contract as accel.runtime.ops.fp8_linear (the reference),
+    which runs for inputs the kernels do not take and on GPUs without fp8 (before sm89)."""
+    fp8_ok = INTERPRET or (x.is_cuda and torch.cuda.get_device_capability(x.device) >= (8, 9))
+    if not (fp8_ok and _usable(x, weight_fp8, weight_scale, torch.float8_e4m3fn)):
+        return fp8_reference(x, weight_fp8, weight_scale, input_scale, bias)
+    return _linear(x, weight_fp8, weight_scale, input_scale, bias, True, config)

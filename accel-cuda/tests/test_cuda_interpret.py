@@ -1,0 +1,67 @@
+"""The Triton kernels under Triton's interpreter (TRITON_INTERPRET=1): CPU tensors, no GPU, small shapes.
+
+The interpreter runs each program in numpy, so this checks indexing, masking, split/reduce bookkeeping and the
+int4 / int8 code arithmetic anywhere Triton is installed. It cannot check bf16 dots (the interpreter multiplies
+their raw bits) or fp32 -> fp8 rounding (it carries mantissa overflow wrongly), so it runs fp32 and fp16 queries,
+int8 activations, and fp8 only as a stored KV format (fp8 -> float, which it gets right). Skipped without Triton.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from accel_cuda.kernels import triton_available
+
+pytestmark = pytest.mark.skipif(not triton_available(), reason="needs Triton (its interpreter)")
+
+SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from accel.runtime.kv_ops import KV_FORMATS, cached_attention, kv_quantize
+    from accel.runtime.ops import w8a8_int8_linear
+    from accel_cuda.kernels import attention, w8a8
+
+    attention.POISON = w8a8.POISON = True
+    gen = torch.Generator().manual_seed(0)
+    worst = {}
+    for fmt in KV_FORMATS:
+        for b, hq, hkv, t, d, cap, lens in [(2, 8, 2, 1, 96, 70, [70, 3]), (2, 16, 2, 3, 64, 40, [3, 40])]:
+            for dtype in (torch.float32, torch.float16):
+                q = torch.randn(b, hq, t, d, generator=gen).to(dtype)
+                k, v = (torch.randn(b, hkv, cap, d, generator=gen) for _ in range(2))
+                if fmt == "none":
+                    k, v = k.to(dtype), v.to(dtype)
+                args = (q, *kv_quantize(k, fmt), *kv_quantize(v, fmt), torch.tensor(lens), fmt, d**-0.5)
+                expected = cached_attention(*args).double()
+                config = attention.AttnConfig(chunk=32, block_n=16, block_r=16 if hq // hkv * t <= 16 else 64)
+                got = attention.cached_attention(*args, config=config).double()
+                key = (fmt, str(dtype))
+                worst[key] = max(worst.get(key, 0.0), float((got - expected).norm() / expected.norm()))
+    for m, n, k, split in [(5, 40, 200, 1), (3, 24, 256, 2)]:
+        x = torch.randn(m, k, generator=gen)
+        weight = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
+        scale, bias = torch.rand(n, 1, generator=gen) * 1e-2, torch.randn(n, generator=gen)
+        config = w8a8.W8Config(block_m=16, block_n=16, block_k=64, split=split)
+        got = w8a8.w8a8_int8_linear(x, weight, scale, bias, config=config).double()
+        expected = w8a8_int8_linear(x, weight, scale, bias).double()
+        worst[("int8-linear", str(split))] = float((got - expected).norm() / expected.norm())
+    for key, error in sorted(worst.items()):
+        print(*key, f"{error:.3e}")
+    """
+)
+
+
+def test_kernels_under_the_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    errors = {" ".join(line.split()[:-1]): float(line.split()[-1]) for line in done.stdout.splitlines()}
+    assert len(errors) == 10, done.stdout
+    for key, error in errors.items():
+        # fp32 runs IEEE fp32 arithmetic; fp16 rounds the output and p (2^-11 relative each).
+        bound = 2e-3 if "float16" in key else 1e-5
+        assert error < bound, f"{key}: relative error {error:.2e}"

@@ -1,0 +1,137 @@
+"""accel's kernel ops as torch.library custom ops (`torch.ops.accel.<name>`), so torch.compile traces through them.
+
+Each op runs the kernel the plugin registry selects for its tensors' device: the backend's own kernel where
+one is registered for the op (e.g. accel-cuda's Triton kernels), else the portable reference in
+accel.runtime.ops, with the same arguments and result. The choice is made once per (op, device type) and
+cached; `kernel_choice` tells which kernel runs. Each op's fake implementation gives torch.compile the output's
+shape and dtype without running anything. The plain-Python references stay callable from accel.runtime.ops.
+
+    y = torch.ops.accel.w8a8_int8_linear(x, weight_q, weight_scale, bias)
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from accel.plugins.records import KernelChoice
+from accel.runtime.ops import OPS
+
+__all__ = [
+    "cached_attention",
+    "dequant_linear",
+    "fp8_linear",
+    "kernel_choice",
+    "w4a16_linear",
+    "w8a8_int8_linear",
+]
+
+# A backend's CapabilityDescriptor.device_type -> the torch device type its tensors live on.
+_TORCH_DEVICE = {"dcu": "cuda"}
+
+
+@functools.cache
+def kernel_choice(op: str, device_type: str) -> KernelChoice:
+    """Who runs `op` for tensors on `device_type` ("cpu", "cuda", ...): the available backend of highest priority
+    for that device answers through the registry; the reference where no backend claims the device."""
+    from accel.plugins.registry import get_registry
+
+    registry = get_registry()
+    for spec in sorted(registry.kernel_backends().values(), key=lambda b: -b.priority):
+        if _TORCH_DEVICE.get(spec.device_type, spec.device_type) == device_type and spec.is_available():
+            return registry.select_kernel(op, spec.capability())
+    return KernelChoice(backend="reference", op=op, impl=OPS[op].reference, reason=f"no backend for {device_type}")
+
+
+def _linear_shape(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@torch.library.custom_op("accel::dequant_linear", mutates_args=())
+def dequant_linear(
+    x: torch.Tensor,
+    q: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor | None,
+    group_size: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """accel.quantization.kernels.reference.dequant_linear, on the selected kernel."""
+    return kernel_choice("dequant_linear", x.device.type).impl(x, q, scale, zero_point, group_size, bias)
+
+
+@dequant_linear.register_fake
+def _(x, q, scale, zero_point, group_size, bias=None):  # type: ignore[no-untyped-def]
+    return _linear_shape(x, q)
+
+
+@torch.library.custom_op("accel::w4a16_linear", mutates_args=())
+def w4a16_linear(
+    x: torch.Tensor,
+    weight_packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor | None,
+    group_size: int,
+) -> torch.Tensor:
+    """accel.runtime.ops.w4a16_linear, on the selected kernel."""
+    impl = kernel_choice("w4a16_linear", x.device.type).impl
+    return impl(x, weight_packed, weight_scale, weight_zero_point, group_size)
+
+
+@w4a16_linear.register_fake
+def _(x, weight_packed, weight_scale, weight_zero_point, group_size):  # type: ignore[no-untyped-def]
+    return _linear_shape(x, weight_packed)
+
+
+@torch.library.custom_op("accel::w8a8_int8_linear", mutates_args=())
+def w8a8_int8_linear(
+    x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """accel.runtime.ops.w8a8_int8_linear, on the selected kernel."""
+    return kernel_choice("w8a8_int8_linear", x.device.type).impl(x, weight_q, weight_scale, bias)
+
+
+@w8a8_int8_linear.register_fake
+def _(x, weight_q, weight_scale, bias=None):  # type: ignore[no-untyped-def]
+    return _linear_shape(x, weight_q)
+
+
+@torch.library.custom_op("accel::fp8_linear", mutates_args=())
+def fp8_linear(
+    x: torch.Tensor,
+    weight_fp8: torch.Tensor,
+    weight_scale: torch.Tensor,
+    input_scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """accel.runtime.ops.fp8_linear, on the selected kernel."""
+    return kernel_choice("fp8_linear", x.device.type).impl(x, weight_fp8, weight_scale, input_scale, bias)
+
+
+@fp8_linear.register_fake
+def _(x, weight_fp8, weight_scale, input_scale=None, bias=None):  # type: ignore[no-untyped-def]
+    return _linear_shape(x, weight_fp8)
+
+
+@torch.library.custom_op("accel::cached_attention", mutates_args=())
+def cached_attention(
+    q: torch.Tensor,
+    k_codes: torch.Tensor,
+    k_scale: torch.Tensor | None,
+    k_zero: torch.Tensor | None,
+    v_codes: torch.Tensor,
+    v_scale: torch.Tensor | None,
+    v_zero: torch.Tensor | None,
+    seq_lens: torch.Tensor,
+    fmt: str,
+    sm_scale: float,
+) -> torch.Tensor:
+    """accel.runtime.kv_ops.cached_attention, on the selected kernel."""
+    impl = kernel_choice("cached_attention", q.device.type).impl
+    return impl(q, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, seq_lens, fmt, sm_scale)
+
+
+@cached_attention.register_fake
+def _(q, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, seq_lens, fmt, sm_scale):  # type: ignore[no-untyped-def]
+    return torch.empty_like(q)

@@ -1,0 +1,370 @@
+"""Batched generation on the runtime model: ragged prefill, then a static decode step (CUDA graph on GPU).
+
+One request's path (gpt-fast's generate.py, batched):
+1. prefill: prompts right-padded to [B, T], each row's length known; one forward stores every prompt's K/V in
+   the static cache and gives the logits after each row's last prompt token; the first new token is sampled.
+2. decode: each step feeds the B tokens just sampled ([B, 1]) at each row's own next position, appends their
+   K/V and gives the next logits. Shapes and buffers are the same every step and nothing reads back to the
+   host, so on CUDA the step is captured once per batch size in a CUDA graph (after warm-up on a side stream;
+   optionally torch.compile'd first) and each step is one replay.
+3. sampling: greedy is argmax; otherwise p = softmax(logits / temperature) limited to the top_k tokens and to
+   the smallest set of tokens whose probability reaches top_p, and token = argmax(p / E) with E ~ Exp(1),
+   which draws token i with probability p_i (the exponential race, as gpt-fast samples without a host sync).
+
+Rows that reach an eos keep decoding (static shapes); their tokens after the eos are dropped on the host. With
+eos set, the host checks every EOS_CHECK_INTERVAL steps whether all rows are done (one sync) and stops early.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from accel.runtime.kv_cache import StaticKVCache
+from accel.runtime.model import DecoderModel
+
+__all__ = ["GenerationResult", "Generator", "generate", "logits_to_probs", "sample"]
+
+EOS_CHECK_INTERVAL = 16
+DEFAULT_MAX_SEQ = 2048
+WARMUP_STEPS = 3
+
+
+def logits_to_probs(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
+    """p = softmax(logits / temperature) over [..., vocab] in float32, zero outside the top_k largest and
+    outside the smallest prefix of tokens (by decreasing p) whose mass reaches top_p, renormalised."""
+    logits = logits.to(torch.float32) / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # Drop a token when the mass before it already reaches top_p: the first token always stays.
+        drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs
+
+
+def sample(
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Next tokens [B] from logits [B, vocab]: argmax at temperature 0, else argmax(p / E), E ~ Exp(1)."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = logits_to_probs(logits, temperature, top_k, top_p)
+    race = torch.empty_like(probs).exponential_(1.0, generator=generator).clamp_min_(torch.finfo(torch.float32).tiny)
+    return (probs / race).argmax(dim=-1)
+
+
+@dataclass
+class GenerationResult:
+    """New tokens per prompt (through the first eos, when one came) and the timings of the run.
+
+    ttft_s: prompt submitted to first new token available (prefill + first sample, synchronised).
+    decode_times_s: one entry per decode step (each step yields one token for every row), CUDA-event timed on
+    GPU, wall clock on CPU.
+    """
+
+    tokens: list[list[int]]
+    prompt_lengths: list[int]
+    ttft_s: float
+    decode_times_s: list[float] = field(default_factory=list)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens per second over the decode steps, all rows counted (nan without decode steps)."""
+        total = sum(self.decode_times_s)
+        return len(self.tokens) * len(self.decode_times_s) / total if total > 0 else float("nan")
+
+
+@dataclass
+class _CapturedStep:
+    """One batch size's decode step in a CUDA graph: static input tokens [B, 1] and outputs."""
+
+    graph: torch.cuda.CUDAGraph
+    tokens: torch.Tensor
+    logits: torch.Tensor
+    greedy: torch.Tensor
+
+
+class Generator:
+    """Generation with a static KV cache of `max_batch` rows x `max_seq` positions on the model's device.
+
+    cuda_graphs (default: on for CUDA) captures the decode step per batch size; compile=True runs
+    torch.compile(mode="max-autotune-no-cudagraphs") on the step first. On CPU the step runs eagerly.
+    """
+
+    def __init__(
+        self,
+        model: DecoderModel,
+        *,
+        max_batch: int = 1,
+        max_seq: int | None = None,
+        kv_format: str | None = None,
+        cuda_graphs: bool | None = None,
+        compile: bool = False,
+    ) -> None:
+        self.model = model
+        device = model.device
+        if cuda_graphs and device.type != "cuda":
+            raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, it is on {device}")
+        self.cuda_graphs = device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        max_seq = max_seq or min(DEFAULT_MAX_SEQ, model.args.max_position_embeddings)
+        self.cache: StaticKVCache = model.new_cache(max_batch, max_seq, kv_format)
+        self._step = self._decode_last
+        if compile:
+            self._step = torch.compile(self._decode_last, mode="max-autotune-no-cudagraphs", dynamic=False)
+        self._graphs: dict[int, _CapturedStep] = {}
+        self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+        self._lengths: list[int] = []
+
+    @property
+    def max_batch(self) -> int:
+        return self.cache.max_batch
+
+    @property
+    def max_seq(self) -> int:
+        return self.cache.max_seq
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens each row of the current batch holds in the cache (prompt + tokens stepped so far)."""
+        return list(self._lengths)
+
+    # ------------------------------------------------------------------------------------------ steps
+
+    def _decode_last(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decode step that is captured: tokens [B, 1] -> (logits [B, vocab], greedy tokens [B])."""
+        logits = self.model.decode(tokens, self.cache)[:, -1]
+        return logits, logits.argmax(dim=-1)
+
+    def _capture(self, batch: int) -> _CapturedStep:
+        """Warm the step up on a side stream, then capture it. Warm-up steps write K/V at position 0 of the
+        first `batch` rows, so this runs before those rows are prefilled."""
+        cache = self.cache.rows(batch)
+        tokens = torch.zeros(batch, 1, dtype=torch.long, device=self.model.device)
+        stream = torch.cuda.Stream(device=self.model.device)
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(WARMUP_STEPS):
+                cache.reset()
+                self._step(tokens)
+            cache.reset()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            logits, greedy = self._step(tokens)
+        return _CapturedStep(graph, tokens, logits, greedy)
+
+    def _decode(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decode step for tokens [B]: (logits [B, vocab], greedy [B]); graph outputs are overwritten by
+        the next step."""
+        captured = self._graphs.get(tokens.shape[0])
+        if captured is None:
+            return self._step(tokens[:, None])
+        captured.tokens[:, 0].copy_(tokens)
+        captured.graph.replay()
+        return captured.logits, captured.greedy
+
+    # ------------------------------------------------------------------------------------------ checks
+
+    def _check_prompts(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> None:
+        if not isinstance(prompts, Sequence) or not prompts or isinstance(prompts[0], int):
+            raise ValueError("prompts must be a non-empty list of token-id lists, one per row")
+        if len(prompts) > self.max_batch:
+            raise ValueError(
+                f"batch of {len(prompts)} prompts exceeds max_batch {self.max_batch}; create the Generator with "
+                f"max_batch >= {len(prompts)} or split the prompts"
+            )
+        vocab = self.model.args.vocab_size
+        for i, prompt in enumerate(prompts):
+            if len(prompt) == 0:
+                raise ValueError(f"prompts[{i}] is empty; every prompt needs at least one token")
+            need = len(prompt) + max_new_tokens
+            if need > self.max_seq:
+                raise ValueError(
+                    f"prompts[{i}] has {len(prompt)} tokens: with max_new_tokens {max_new_tokens} it needs {need} "
+                    f"positions, over max_seq {self.max_seq}; raise max_seq or shorten the prompt"
+                )
+            bad = next((tok for tok in prompt if not 0 <= int(tok) < vocab), None)
+            if bad is not None:
+                raise ValueError(f"prompts[{i}] holds token id {bad}, outside the vocabulary (vocab_size {vocab})")
+
+    # ------------------------------------------------------------------------------------------ public
+
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Start a batch: run the prompts (ragged, right-padded) into cache rows 0 .. len(prompts) - 1 and
+        return the logits after each prompt's last token [B, vocab]."""
+        self._check_prompts(prompts, 0)
+        batch = len(prompts)
+        if self.cuda_graphs and batch not in self._graphs:
+            self._graphs[batch] = self._capture(batch)
+        width = max(len(prompt) for prompt in prompts)
+        padded = [list(prompt) + [0] * (width - len(prompt)) for prompt in prompts]
+        device = self.model.device
+        tokens = torch.tensor(padded, dtype=torch.long, device=device)  # [B, T]
+        lengths = torch.tensor([len(prompt) for prompt in prompts], dtype=torch.int32, device=device)
+        with torch.no_grad():
+            logits = self.model.prefill(tokens, lengths, self.cache)
+        self._lengths = [len(prompt) for prompt in prompts]
+        return logits
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed tokens [B, T] after what each row of the current batch holds; logits [B, T, vocab].
+        T = 1 replays the captured graph where there is one; T > 1 (speculative verification) runs eagerly."""
+        if tokens.ndim != 2 or tokens.shape[0] != len(self._lengths):
+            raise ValueError(
+                f"tokens must be [batch, T] with batch {len(self._lengths)} (the rows of the last prefill), got "
+                f"shape {tuple(tokens.shape)}"
+            )
+        t = tokens.shape[1]
+        if max(self._lengths) + t > self.max_seq:
+            raise ValueError(
+                f"{t} more tokens would take a row past max_seq {self.max_seq} (row lengths {self._lengths})"
+            )
+        tokens = tokens.to(self.model.device, torch.long)
+        with torch.no_grad():
+            # A graph's output buffer is overwritten by the next replay: hand back a copy.
+            logits = self._decode(tokens[:, 0])[0][:, None].clone() if t == 1 else self.model.decode(tokens, self.cache)
+        self._lengths = [length + t for length in self._lengths]
+        return logits
+
+    def rewind(self, lengths: Sequence[int]) -> None:
+        """Shorten rows to `lengths` tokens (dropping rejected draft tokens); later steps overwrite the rest."""
+        if len(lengths) != len(self._lengths) or any(
+            not 1 <= new <= old for new, old in zip(lengths, self._lengths, strict=True)
+        ):
+            raise ValueError(f"lengths {list(lengths)} must give each row 1 .. its current length {self._lengths}")
+        self.cache.rows(len(lengths)).seq_lens.copy_(torch.tensor(list(lengths), dtype=torch.int32))
+        self._lengths = list(lengths)
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        *,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        eos: int | Sequence[int] | None = None,
+    ) -> GenerationResult:
+        """Generate up to max_new_tokens tokens for each prompt (token-id lists, ragged; batch <= max_batch).
+        temperature 0 is greedy; `seed` makes sampling reproducible; `eos` ends a row (kept in its tokens)."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        self._check_prompts(prompts, max_new_tokens)
+        batch, device = len(prompts), self.model.device
+        if self.cuda_graphs and batch not in self._graphs:
+            self._graphs[batch] = self._capture(batch)  # before the clock starts: capture is set-up, not TTFT
+        generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+        eos_ids = None if eos is None else torch.tensor([eos] if isinstance(eos, int) else list(eos), device=device)
+
+        def pick(logits: torch.Tensor, greedy: torch.Tensor | None = None) -> torch.Tensor:
+            if temperature <= 0 and greedy is not None:
+                return greedy
+            return sample(logits, temperature, top_k, top_p, generator)
+
+        out = torch.empty(batch, max_new_tokens, dtype=torch.long, device=device)
+        start = time.perf_counter()
+        token = pick(self.prefill(prompts))  # [B]
+        out[:, 0] = token
+        _synchronize(device)
+        ttft = time.perf_counter() - start
+        done = None if eos_ids is None else torch.isin(token, eos_ids)
+        timer = _StepTimer(device)
+        steps = 1
+        with torch.no_grad():
+            while steps < max_new_tokens:
+                if done is not None and steps % EOS_CHECK_INTERVAL == 0 and bool(done.all()):
+                    break
+                token = pick(*self._decode(token))
+                out[:, steps] = token
+                timer.mark()
+                steps += 1
+                if done is not None:
+                    done |= torch.isin(token, eos_ids)
+        self._lengths = [length + steps - 1 for length in self._lengths]
+        rows = out[:, :steps].tolist()
+        if eos_ids is not None:
+            stops = set(eos_ids.tolist())
+            rows = [row[: next((i + 1 for i, tok in enumerate(row) if tok in stops), len(row))] for row in rows]
+        return GenerationResult(rows, [len(prompt) for prompt in prompts], ttft, timer.times())
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _StepTimer:
+    """Per-step times without a host sync per step: CUDA events on GPU, read at the end; wall clock on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[float | torch.cuda.Event] = []
+        self.mark()
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def times(self) -> list[float]:
+        if self.cuda:
+            if self.marks:
+                self.marks[-1].synchronize()  # type: ignore[union-attr]
+            return [a.elapsed_time(b) / 1e3 for a, b in itertools.pairwise(self.marks)]  # type: ignore[union-attr]
+        return [b - a for a, b in itertools.pairwise(self.marks)]  # type: ignore[operator]
+
+
+def generate(
+    model: DecoderModel,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    eos: int | Sequence[int] | None = None,
+    kv_format: str | None = None,
+    cuda_graphs: bool | None = None,
+    compile: bool = False,
+) -> GenerationResult:
+    """One-off generation: a Generator sized to these prompts (max_batch = their number, max_seq = longest
+    prompt + max_new_tokens), then Generator.generate."""
+    longest = max((len(prompt) for prompt in prompts), default=0)
+    generator = Generator(
+        model,
+        max_batch=max(1, len(prompts)),
+        max_seq=max(1, longest + max_new_tokens),
+        kv_format=kv_format,
+        cuda_graphs=cuda_graphs,
+        compile=compile,
+    )
+    return generator.generate(
+        prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, eos=eos
+    )

@@ -1,0 +1,156 @@
+"""StaticKVCache: the runtime's preallocated per-layer K/V storage in one of kv_ops' formats.
+
+Each layer holds K and V as [max_batch, kv_heads, max_seq, ...] codes plus, for quantized formats, scales and
+zero points (kv_ops' module docstring has the formats). Row b holds its tokens left-aligned at positions
+0 .. seq_lens[b] - 1, so rows of one batch may hold different lengths. A token's K/V is quantized once, when
+written, per (token, head); nothing is ever re-quantized. Every shape is fixed at allocation, so a decode step
+that writes and reads the cache can be captured in a CUDA graph.
+
+Reads go through op `cached_attention` (kv_ops.cached_attention's contract), chosen by the kernel registry once
+it is declared in ops.OPS, else the kv_ops reference directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from accel.runtime import kv_ops
+from accel.runtime.kv_ops import KV_FORMATS, KV_INT4_GROUP, KVTensors, kv_quantize
+from accel.runtime.quant_backend import KernelSelector
+
+__all__ = ["StaticKVCache", "check_kv_format"]
+
+ATTENTION_OP = "cached_attention"
+
+
+def check_kv_format(kv_format: str) -> None:
+    """A clear error for an unknown format, naming the field."""
+    if kv_format not in KV_FORMATS:
+        raise ValueError(f"kv_format must be one of {KV_FORMATS}, got {kv_format!r}")
+
+
+def _scatter_rows(store: torch.Tensor, new: torch.Tensor, positions: torch.Tensor) -> None:
+    """store[b, h, positions[b, t], :] = new[b, h, t, :] for store [B, H, S, c], new [B, H, T, c], positions
+    [B, T]. fp8 codes move as their bytes (CPU scatter has no float8 kernel)."""
+    b, h, t, c = new.shape
+    index = positions.view(b, 1, t, 1).expand(b, h, t, c)
+    if store.dtype.itemsize == 1 and store.dtype not in (torch.int8, torch.uint8):
+        store, new = store.view(torch.uint8), new.view(torch.uint8)
+    store.scatter_(2, index, new)
+
+
+class StaticKVCache:
+    """K/V of every layer for up to `max_batch` rows of up to `max_seq` tokens, in `kv_format`."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        max_batch: int,
+        kv_heads: int,
+        max_seq: int,
+        head_dim: int,
+        *,
+        kv_format: str = "none",
+        dtype: torch.dtype = torch.bfloat16,
+        device: str | torch.device = "cpu",
+        kernels: KernelSelector | None = None,
+    ) -> None:
+        check_kv_format(kv_format)
+        for field, value in (("max_batch", max_batch), ("max_seq", max_seq), ("num_layers", num_layers)):
+            if value < 1:
+                raise ValueError(f"{field} must be at least 1, got {value}")
+        if kv_format == "int4" and head_dim % KV_INT4_GROUP:
+            raise ValueError(f"kv_format 'int4' needs head_dim divisible by {KV_INT4_GROUP}, got {head_dim}")
+        self.kv_format = kv_format
+        self.dtype = dtype
+        self.max_seq = max_seq
+        device = torch.device(device)
+        # One token through the format's quantizer tells each stored tensor's dtype and last dimension.
+        template = kv_quantize(torch.zeros(1, 1, 1, head_dim, dtype=dtype, device=device), kv_format)
+
+        def allocate() -> KVTensors:
+            return KVTensors(
+                *(
+                    None
+                    if part is None
+                    else torch.zeros(max_batch, kv_heads, max_seq, part.shape[-1], dtype=part.dtype, device=device)
+                    for part in template
+                )
+            )
+
+        self.keys: list[KVTensors] = [allocate() for _ in range(num_layers)]
+        self.values: list[KVTensors] = [allocate() for _ in range(num_layers)]
+        self.seq_lens = torch.zeros(max_batch, dtype=torch.int32, device=device)
+        choice = None if kernels is None else kernels.choose(ATTENTION_OP)
+        self.attention: Callable[..., torch.Tensor] = kv_ops.cached_attention if choice is None else choice.impl
+        self.attention_backend = "reference" if choice is None else choice.backend
+        self._views: dict[int, StaticKVCache] = {}
+
+    @property
+    def max_batch(self) -> int:
+        return self.seq_lens.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.seq_lens.device
+
+    def rows(self, batch: int) -> StaticKVCache:
+        """The first `batch` rows, sharing this cache's storage (a batch smaller than the capacity)."""
+        if batch == self.max_batch:
+            return self
+        if not 1 <= batch <= self.max_batch:
+            raise ValueError(f"batch {batch} exceeds the cache's max_batch {self.max_batch}; allocate a larger one")
+        if batch not in self._views:
+            view = object.__new__(StaticKVCache)
+            view.__dict__.update(self.__dict__)
+
+            def first(stored: KVTensors) -> KVTensors:
+                return KVTensors(*(None if part is None else part[:batch] for part in stored))
+
+            view.keys = [first(stored) for stored in self.keys]
+            view.values = [first(stored) for stored in self.values]
+            view.seq_lens = self.seq_lens[:batch]
+            view._views = {}
+            self._views[batch] = view
+        return self._views[batch]
+
+    def reset(self) -> None:
+        """Forget every row's tokens (the storage is kept)."""
+        self.seq_lens.zero_()
+
+    def write_prompt(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store a right-padded prompt's K and V [B, kv_heads, T, head_dim] at positions 0 .. T - 1 of every
+        row. Padding positions are stored too; they lie at or past the row's length, where reads never look
+        and the next writes land."""
+        t = k.shape[2]
+        for store, new in ((self.keys[layer], k), (self.values[layer], v)):
+            for part, fresh in zip(store, kv_quantize(new, self.kv_format), strict=True):
+                if part is not None:
+                    part[:, :, :t].copy_(fresh)
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
+        """Store new K and V [B, kv_heads, T, head_dim] of row b at positions[b, :] ([B, T], each < max_seq: the
+        caller checks, as a device-side check would need a host sync)."""
+        for store, new in ((self.keys[layer], k), (self.values[layer], v)):
+            for part, fresh in zip(store, kv_quantize(new, self.kv_format), strict=True):
+                if part is not None:
+                    _scatter_rows(part, fresh, positions)
+
+    def attend(self, layer: int, q: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float) -> torch.Tensor:
+        """Causal attention of q [B, heads, T, head_dim] (the last T tokens of each row) over this layer's cache
+        holding seq_lens [B] tokens per row, the T new ones included: [B, heads, T, head_dim]."""
+        k, v = self.keys[layer], self.values[layer]
+        return self.attention(
+            q, k.codes, k.scale, k.zero_point, v.codes, v.scale, v.zero_point, seq_lens, self.kv_format, sm_scale
+        )
+
+    def nbytes(self) -> int:
+        """Bytes the cache occupies: codes, scales and zero points of every layer at full capacity."""
+        return sum(
+            part.numel() * part.element_size()
+            for stored in (*self.keys, *self.values)
+            for part in stored
+            if part is not None
+        )

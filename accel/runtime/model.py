@@ -1,0 +1,627 @@
+"""A plain PyTorch Llama-family decoder for inference (gpt-fast's model.py, with pluggable linear layers).
+
+Llama, Mistral, Qwen2 (q/k/v biases) and SmolLM2 shapes, tied embeddings or not. One token's path:
+
+    x = embed[token]                                                    [B, T, hidden]
+    per layer:  h = x + o_proj(attention(rope(q), rope(k), v))           q/k/v from qkv_proj(rms_norm(x))
+                x = h + down_proj(silu(gate) * up)                      gate/up from gate_up_proj(rms_norm(h))
+    logits = lm_head(rms_norm(x))                                       [B, T, vocab]
+
+rms_norm(x) = w * x / sqrt(mean(x^2) + eps), computed in float32 and cast back, as transformers does.
+RoPE rotates each (i, i + d/2) pair of a head by angle pos * inv_freq[i], inv_freq[i] = theta^(-2i/d) (llama3 and
+linear scaling adjust inv_freq). Attention has GQA: query head j reads KV head j // (heads / kv_heads).
+
+Linear layers are accel.runtime.quant_backend's runtime modules, one class per layer format, each calling the
+kernel the registry picked for its op; q/k/v and gate/up are stacked into one layer each when their format
+allows (one kernel launch instead of three or two, the same outputs).
+
+Two entry points share the layers: `prefill` runs a right-padded prompt batch with SDPA over the fresh K/V and
+stores them in the static cache; `decode` runs T >= 1 new tokens per row after what the cache holds (decode at
+T = 1, speculative verification at T > 1) and attends through the cache. Neither syncs with the host or branches
+on data, so a decode step can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from accel.plugins.registry import PluginRegistry
+from accel.quantization.activation_quant import ActivationQuantArgs
+from accel.quantization.qlinear import QuantLinear
+from accel.quantization.weight_quant import FP8_DTYPE, QuantizedWeight, WeightQuantArgs
+from accel.runtime.artifact import load_artifact
+from accel.runtime.kv_cache import ATTENTION_OP, StaticKVCache, check_kv_format
+from accel.runtime.quant_backend import (
+    DenseLinear,
+    KernelSelector,
+    RuntimeLinear,
+    fuse_linears,
+    runtime_linear,
+)
+
+__all__ = [
+    "RANDOM_QUANT",
+    "DecoderModel",
+    "ModelArgs",
+    "from_artifact",
+    "from_hf",
+    "from_state_dict",
+    "random_model",
+]
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+ROPE_TYPES = ("default", "linear", "llama3")
+RANDOM_QUANT = ("none", "w4a16", "w4a16-asym", "w8a16", "w8a8-int8", "w8a8-fp8")
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def _rope_parameters(config: PretrainedConfig) -> dict[str, Any]:
+    """RoPE settings from transformers 5's `rope_parameters` or 4's `rope_theta` + `rope_scaling`."""
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, Mapping) and "rope_theta" in params:
+        params = dict(params)
+    else:
+        scaling = dict(getattr(config, "rope_scaling", None) or {})
+        params = {"rope_theta": getattr(config, "rope_theta", 10000.0), **scaling}
+    params["rope_type"] = params.get("rope_type", params.get("type", "default"))
+    if params["rope_type"] not in ROPE_TYPES:
+        raise ValueError(
+            f"rope type {params['rope_type']!r} (config rope_scaling / rope_parameters) is not "
+            f"supported; the runtime implements {ROPE_TYPES}"
+        )
+    return params
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """The shapes and constants of a Llama-family decoder, read from a transformers config."""
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope: dict[str, Any]
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    sliding_window: int | None
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig) -> ModelArgs:
+        """Refuses architectures this decoder does not implement, naming what differs."""
+        model_type = getattr(config, "model_type", "")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"config.model_type {model_type!r} is not supported by the accel runtime; it runs "
+                f"{SUPPORTED_MODEL_TYPES} decoders"
+            )
+        act = getattr(config, "hidden_act", "silu")
+        if act != "silu":
+            raise ValueError(f"config.hidden_act {act!r} is not supported: the runtime's MLP is SwiGLU (silu)")
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        attention_bias = bool(getattr(config, "attention_bias", False))
+        window = getattr(config, "sliding_window", None)
+        if not getattr(config, "use_sliding_window", True):  # Qwen2 names a window it does not use
+            window = None
+        return cls(
+            model_type=model_type,
+            vocab_size=config.vocab_size,
+            hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size,
+            num_layers=config.num_hidden_layers,
+            num_heads=heads,
+            num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            head_dim=head_dim,
+            rms_norm_eps=config.rms_norm_eps,
+            rope=_rope_parameters(config),
+            max_position_embeddings=config.max_position_embeddings,
+            tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+            qkv_bias=attention_bias or model_type == "qwen2",
+            o_bias=attention_bias,
+            mlp_bias=bool(getattr(config, "mlp_bias", False)),
+            sliding_window=window,
+        )
+
+
+def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
+    """inv_freq[i] = theta^(-2i/d), i < d/2, float32, then the config's scaling (as transformers computes it).
+
+    llama3: wavelengths 2 pi / inv_freq longer than original_max_position_embeddings / low_freq_factor are
+    divided by `factor`, those shorter than .../high_freq_factor are kept, and the band between is interpolated
+    with smooth = (original / wavelength - low) / (high - low). linear: every inv_freq / factor.
+    """
+    rope, d = args.rope, args.head_dim
+    inv_freq = 1.0 / (rope["rope_theta"] ** (torch.arange(0, d, 2, dtype=torch.int64).to(torch.float) / d))
+    kind = rope["rope_type"]
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / rope["factor"]
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]  # llama3
+    original = rope["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > original / low, inv_freq / factor, inv_freq)
+    smooth = (original / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < original / high) * ~(wavelen > original / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) over the two halves of head_dim."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------- layers
+
+
+class RMSNorm(nn.Module):
+    """w * x / sqrt(mean(x^2) + eps) over the last dimension, in float32, cast back before the weight."""
+
+    def __init__(self, weight: torch.Tensor, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class Stacked(nn.Module):
+    """Several linears reading the same input, outputs concatenated: the stand-in for a stacked layer when
+    their formats cannot stack weights."""
+
+    def __init__(self, parts: list[RuntimeLinear]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([part(x) for part in self.parts], dim=-1)
+
+
+def _stack(parts: list[RuntimeLinear], fuse: bool) -> nn.Module:
+    fused = fuse_linears(parts) if fuse else None
+    return fused if fused is not None else Stacked(parts)
+
+
+class Attention(nn.Module):
+    """GQA self-attention over RoPE-rotated q and k; prefill attends over the fresh K/V, decode through the
+    cache."""
+
+    def __init__(self, args: ModelArgs, index: int, qkv_proj: nn.Module, o_proj: RuntimeLinear) -> None:
+        super().__init__()
+        self.index = index
+        self.num_heads, self.num_kv_heads, self.head_dim = args.num_heads, args.num_kv_heads, args.head_dim
+        self.sizes = [args.num_heads * args.head_dim, *[args.num_kv_heads * args.head_dim] * 2]
+        self.sm_scale = args.head_dim**-0.5
+        self.qkv_proj = qkv_proj
+        self.o_proj = o_proj
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: StaticKVCache,
+        positions: torch.Tensor | None,
+        seq_lens: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """x [B, T, hidden]; cos/sin [B or 1, T, head_dim]. positions None: a prompt at 0 .. T - 1 (prefill);
+        else positions [B, T] of the new tokens and seq_lens [B] the row lengths with them (decode)."""
+        b, t, _ = x.shape
+        q, k, v = self.qkv_proj(x).split(self.sizes, dim=-1)
+        q = q.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
+        k = k.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
+        v = v.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, T, D]: one rotation for every head
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        if positions is None:
+            cache.write_prompt(self.index, k, v)
+            # Right padding: every real query sits before its row's padding, so the causal mask is also the
+            # padding mask; padded queries' outputs are never read.
+            out = nn.functional.scaled_dot_product_attention(
+                q, k, v, is_causal=True, scale=self.sm_scale, enable_gqa=self.num_heads != self.num_kv_heads
+            )
+        else:
+            assert seq_lens is not None
+            cache.write(self.index, k, v, positions)
+            out = cache.attend(self.index, q, seq_lens, self.sm_scale)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate x) * up x)."""
+
+    def __init__(self, gate_up_proj: nn.Module, down_proj: RuntimeLinear, intermediate_size: int) -> None:
+        super().__init__()
+        self.gate_up_proj = gate_up_proj
+        self.down_proj = down_proj
+        self.intermediate_size = intermediate_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
+        return self.down_proj(nn.functional.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm residual block: x + attention(norm(x)), then + mlp(norm(.))."""
+
+    def __init__(
+        self, input_layernorm: RMSNorm, self_attn: Attention, post_attention_layernorm: RMSNorm, mlp: MLP
+    ) -> None:
+        super().__init__()
+        self.input_layernorm = input_layernorm
+        self.self_attn = self_attn
+        self.post_attention_layernorm = post_attention_layernorm
+        self.mlp = mlp
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: StaticKVCache,
+        positions: torch.Tensor | None,
+        seq_lens: torch.Tensor | None,
+    ) -> torch.Tensor:
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, positions, seq_lens)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+class DecoderModel(nn.Module):
+    """The runtime decoder: layers built by the from_* constructors; K/V live in caches from `new_cache`."""
+
+    def __init__(
+        self,
+        args: ModelArgs,
+        embed_weight: torch.Tensor,
+        layers: list[DecoderLayer],
+        norm: RMSNorm,
+        lm_head: RuntimeLinear,
+        kernels: KernelSelector,
+        kv_format: str = "none",
+    ) -> None:
+        super().__init__()
+        check_kv_format(kv_format)
+        self.args = args
+        self.register_buffer("embed_weight", embed_weight)
+        self.layers = nn.ModuleList(layers)
+        self.norm = norm
+        self.lm_head = lm_head
+        self.kernels = kernels
+        self.kv_format = kv_format
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self._rope: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_weight.device
+
+    def new_cache(self, max_batch: int, max_seq: int, kv_format: str | None = None) -> StaticKVCache:
+        """A static KV cache for up to `max_batch` rows of `max_seq` positions, in `kv_format` (default: the
+        model's), with the RoPE tables for its positions made ready."""
+        args = self.args
+        kv_format = self.kv_format if kv_format is None else kv_format
+        if max_seq > args.max_position_embeddings:
+            raise ValueError(
+                f"max_seq {max_seq} exceeds the model's max_position_embeddings {args.max_position_embeddings}"
+            )
+        if args.sliding_window is not None and max_seq > args.sliding_window:
+            raise ValueError(
+                f"max_seq {max_seq} exceeds the model's sliding_window {args.sliding_window}, which the runtime "
+                "does not implement; use max_seq <= sliding_window"
+            )
+        cache = StaticKVCache(
+            args.num_layers,
+            max_batch,
+            args.num_kv_heads,
+            max_seq,
+            args.head_dim,
+            kv_format=kv_format,
+            dtype=self.dtype,
+            device=self.device,
+            kernels=self.kernels,
+        )
+        self._rope_tables(max_seq)
+        return cache
+
+    def _rope_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of pos * inv_freq for pos < length, [length, head_dim] (each frequency twice: both halves
+        of head_dim) in the model dtype, as transformers casts them; pos and inv_freq multiply in float32.
+        Kept per length for the model's lifetime: a captured CUDA graph reads them by address."""
+        if length not in self._rope:
+            positions = torch.arange(length, device=self.device, dtype=torch.float32)
+            freqs = torch.outer(positions, rope_inv_freq(self.args).to(self.device))  # [S, D/2]
+            angles = torch.cat((freqs, freqs), dim=-1)  # [S, D]
+            self._rope[length] = (angles.cos().to(self.dtype), angles.sin().to(self.dtype))
+        return self._rope[length]
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.norm(x))
+
+    def prefill(
+        self, tokens: torch.Tensor, lengths: torch.Tensor, cache: StaticKVCache, *, all_logits: bool = False
+    ) -> torch.Tensor:
+        """Run right-padded prompts tokens [B, T] (row b's lengths[b] tokens first) into rows 0 .. B - 1 of
+        `cache`, replacing what they held. Returns each row's logits after its last prompt token [B, vocab], or
+        with `all_logits` every position's [B, T, vocab]."""
+        b, t = tokens.shape
+        rows = cache.rows(b)
+        if t > cache.max_seq:
+            raise ValueError(f"prompt length {t} exceeds the cache's max_seq {cache.max_seq}")
+        cos, sin = self._rope_tables(cache.max_seq)
+        cos, sin = cos[None, :t], sin[None, :t]  # [1, T, D]
+        x = nn.functional.embedding(tokens, self.embed_weight)  # [B, T, hidden]
+        for layer in self.layers:
+            x = layer(x, cos, sin, rows, None, None)
+        rows.seq_lens.copy_(lengths)
+        if all_logits:
+            return self._logits(x)  # [B, T, vocab]
+        last = x[torch.arange(b, device=x.device), lengths.to(torch.int64) - 1]  # [B, hidden]
+        return self._logits(last)
+
+    def decode(self, tokens: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+        """Run tokens [B, T] that follow what rows 0 .. B - 1 of `cache` hold (T = 1: decode; T > 1: speculative
+        verification or a chunk after context), store their K/V and advance the rows. Returns logits
+        [B, T, vocab]. The caller keeps every row's length + T <= max_seq (a device-side check would sync)."""
+        b, t = tokens.shape
+        rows = cache.rows(b)
+        cos, sin = self._rope_tables(cache.max_seq)
+        start = rows.seq_lens.to(torch.int64)  # [B]
+        positions = start[:, None] + torch.arange(t, device=tokens.device)  # [B, T]
+        seq_lens = start + t
+        cos, sin = cos[positions], sin[positions]  # [B, T, D]
+        x = nn.functional.embedding(tokens, self.embed_weight)
+        for layer in self.layers:
+            x = layer(x, cos, sin, rows, positions, seq_lens)
+        rows.seq_lens.copy_(seq_lens)
+        return self._logits(x)
+
+    def kernel_meta(self) -> dict[str, str]:
+        """Which backend runs each op: {op: backend} over every linear and the cached attention (several
+        backends for one op are joined with commas)."""
+        seen: dict[str, set[str]] = {}
+        for module in self.modules():
+            if isinstance(module, RuntimeLinear):
+                seen.setdefault(module.op, set()).add(module.backend)
+        attention = self.kernels.choose(ATTENTION_OP)
+        seen[ATTENTION_OP] = {"reference" if attention is None else attention.backend}
+        return {op: ",".join(sorted(backends)) for op, backends in sorted(seen.items())}
+
+
+# ---------------------------------------------------------------------------------------------- building
+
+LinearFactory = Callable[[str, int, int, bool], RuntimeLinear]
+
+
+def _assemble(
+    args: ModelArgs,
+    kernels: KernelSelector,
+    kv_format: str,
+    fuse: bool,
+    *,
+    linear: LinearFactory,
+    tensor: Callable[[str], torch.Tensor],
+    lm_head: RuntimeLinear | None,
+) -> DecoderModel:
+    """Build the model from `linear(name, out, in, bias)` and `tensor(name)` with transformers' names
+    (model.layers.3.self_attn.q_proj); a None `lm_head` ties it to the embedding."""
+    hidden, kv_width = args.hidden_size, args.num_kv_heads * args.head_dim
+    layers = []
+    for i in range(args.num_layers):
+        prefix = f"model.layers.{i}"
+        qkv = [
+            linear(f"{prefix}.self_attn.q_proj", args.num_heads * args.head_dim, hidden, args.qkv_bias),
+            linear(f"{prefix}.self_attn.k_proj", kv_width, hidden, args.qkv_bias),
+            linear(f"{prefix}.self_attn.v_proj", kv_width, hidden, args.qkv_bias),
+        ]
+        o_proj = linear(f"{prefix}.self_attn.o_proj", hidden, args.num_heads * args.head_dim, args.o_bias)
+        gate_up = [
+            linear(f"{prefix}.mlp.gate_proj", args.intermediate_size, hidden, args.mlp_bias),
+            linear(f"{prefix}.mlp.up_proj", args.intermediate_size, hidden, args.mlp_bias),
+        ]
+        down = linear(f"{prefix}.mlp.down_proj", hidden, args.intermediate_size, args.mlp_bias)
+        layers.append(
+            DecoderLayer(
+                RMSNorm(tensor(f"{prefix}.input_layernorm.weight"), args.rms_norm_eps),
+                Attention(args, i, _stack(qkv, fuse), o_proj),
+                RMSNorm(tensor(f"{prefix}.post_attention_layernorm.weight"), args.rms_norm_eps),
+                MLP(_stack(gate_up, fuse), down, args.intermediate_size),
+            )
+        )
+    embed = tensor("model.embed_tokens.weight")
+    head = lm_head if lm_head is not None else DenseLinear(embed)
+    norm = RMSNorm(tensor("model.norm.weight"), args.rms_norm_eps)
+    return DecoderModel(args, embed, layers, norm, head, kernels, kv_format).eval()
+
+
+def from_hf(
+    model: PreTrainedModel,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    kv_format: str = "none",
+    registry: PluginRegistry | None = None,
+    fuse: bool = True,
+) -> DecoderModel:
+    """The runtime model of a loaded transformers causal LM, nn.Linear and QuantLinear layers alike (an
+    artifact from load_artifact included). Tensors already in `dtype` on `device` are shared, not copied."""
+    first = next(model.parameters())
+    dtype = dtype or first.dtype
+    device = torch.device(device) if device is not None else first.device
+    kernels = KernelSelector(device, registry)
+    args = ModelArgs.from_config(model.config)
+    state = model.state_dict()
+
+    def tensor(name: str) -> torch.Tensor:
+        return state[name].detach().to(device, dtype)
+
+    def linear(name: str, out_features: int, in_features: int, bias: bool) -> RuntimeLinear:
+        return runtime_linear(model.get_submodule(name), kernels, dtype)
+
+    embed = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    tied = isinstance(head, nn.Linear) and head.weight.data_ptr() == embed.data_ptr()
+    lm_head = None if tied else runtime_linear(head, kernels, dtype)
+    return _assemble(args, kernels, kv_format, fuse, linear=linear, tensor=tensor, lm_head=lm_head)
+
+
+def from_state_dict(
+    config: PretrainedConfig,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device = "cpu",
+    kv_format: str = "none",
+    registry: PluginRegistry | None = None,
+    fuse: bool = True,
+) -> DecoderModel:
+    """The runtime model from a transformers config and a dense state dict with transformers' names
+    (model.layers.0.self_attn.q_proj.weight, ...); lm_head.weight absent means tied to the embedding."""
+    device = torch.device(device)
+    kernels = KernelSelector(device, registry)
+    args = ModelArgs.from_config(config)
+
+    def tensor(name: str) -> torch.Tensor:
+        if name not in state_dict:
+            raise KeyError(f"state dict has no {name}; expected transformers' Llama-family names")
+        return state_dict[name].detach().to(device, dtype)
+
+    def linear(name: str, out_features: int, in_features: int, bias: bool) -> RuntimeLinear:
+        weight = tensor(f"{name}.weight")
+        if tuple(weight.shape) != (out_features, in_features):
+            raise ValueError(
+                f"{name}.weight has shape {tuple(weight.shape)}, the config implies {(out_features, in_features)}"
+            )
+        return DenseLinear(weight, tensor(f"{name}.bias") if f"{name}.bias" in state_dict else None)
+
+    head = None if "lm_head.weight" not in state_dict else DenseLinear(tensor("lm_head.weight"))
+    return _assemble(args, kernels, kv_format, fuse, linear=linear, tensor=tensor, lm_head=head)
+
+
+def from_artifact(
+    path: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    kv_format: str = "none",
+    registry: PluginRegistry | None = None,
+    fuse: bool = True,
+) -> DecoderModel:
+    """The runtime model of an accel artifact (verified and loaded by artifact.load_artifact), computing in
+    `dtype` (default: the artifact's), with the artifact's tokenizer as `.tokenizer`."""
+    hf_model, tokenizer, _ = load_artifact(path, device=device)
+    model = from_hf(hf_model, dtype=dtype, device=device, kv_format=kv_format, registry=registry, fuse=fuse)
+    model.tokenizer = tokenizer
+    return model
+
+
+def _random_quant_linear(
+    quant: str,
+    out_features: int,
+    in_features: int,
+    group_size: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    gen: torch.Generator,
+    std: float,
+) -> QuantLinear:
+    """A QuantLinear with random codes made on `device` (never a float weight): W = (q - zp) * s with
+    std(W) about `std`. Codes uniform on the grid have std 4.6 (int4) / 73 (int8); fp8 codes are N(0, 64^2)."""
+    n, k = out_features, in_features
+    act = None
+    if quant.startswith("w4a16"):
+        args = WeightQuantArgs(num_bits=4, symmetric=quant == "w4a16", strategy="group", group_size=group_size)
+        q = torch.randint(-8, 8, (n, k), generator=gen, device=device, dtype=torch.int8)
+        scale = torch.full((n, args.num_groups(k)), std / 4.6, dtype=dtype, device=device)
+        zero = (
+            None
+            if args.symmetric
+            else torch.randint(-1, 2, scale.shape, generator=gen, device=device, dtype=torch.int8)
+        )
+        return QuantLinear(QuantizedWeight(q, scale, zero, args))
+    if quant == "w8a8-fp8":
+        args = WeightQuantArgs(num_bits=8, symmetric=True, strategy="channel", type="float")
+        codes = torch.randn(n, k, generator=gen, device=device, dtype=dtype).mul_(64).clamp_(-448, 448)
+        scale = torch.full((n, 1), std / 64, dtype=dtype, device=device)
+        act = ActivationQuantArgs(type="float")
+        return QuantLinear(QuantizedWeight(codes.to(FP8_DTYPE), scale, None, args), act_args=act)
+    args = WeightQuantArgs(num_bits=8, symmetric=True, strategy="channel")
+    q = torch.randint(-127, 128, (n, k), generator=gen, device=device, dtype=torch.int8)
+    scale = torch.full((n, 1), std / 73, dtype=dtype, device=device)
+    if quant == "w8a8-int8":
+        act = ActivationQuantArgs()
+    return QuantLinear(QuantizedWeight(q, scale, None, args), act_args=act)
+
+
+def random_model(
+    config: PretrainedConfig,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device = "cpu",
+    quant: str = "none",
+    group_size: int = 128,
+    seed: int = 0,
+    kv_format: str = "none",
+    registry: PluginRegistry | None = None,
+    fuse: bool = True,
+) -> DecoderModel:
+    """A runtime model with random weights at `config`'s real shapes, for speed and memory measurements
+    (Llama-3-8B shapes fit one GPU). Every tensor is made on `device` in its final dtype, one layer at a time, so
+    no float32 copy of the model ever exists. `quant` (RANDOM_QUANT) quantizes every decoder linear; the
+    embedding and lm_head stay in `dtype`. Weights are N(0, 0.02^2)-sized; norms are ones."""
+    if quant not in RANDOM_QUANT:
+        raise ValueError(f"quant must be one of {RANDOM_QUANT}, got {quant!r}")
+    device = torch.device(device)
+    kernels = KernelSelector(device, registry)
+    args = ModelArgs.from_config(config)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    std = 0.02
+
+    def dense(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, device=device, dtype=dtype).mul_(std)
+
+    def tensor(name: str) -> torch.Tensor:
+        if name.endswith("norm.weight"):
+            return torch.ones(args.hidden_size, dtype=dtype, device=device)
+        return dense(args.vocab_size, args.hidden_size)  # model.embed_tokens.weight
+
+    def linear(name: str, out_features: int, in_features: int, bias: bool) -> RuntimeLinear:
+        b = torch.zeros(out_features, dtype=dtype, device=device) if bias else None
+        if quant == "none":
+            return DenseLinear(dense(out_features, in_features), b)
+        module = _random_quant_linear(quant, out_features, in_features, group_size, dtype, device, gen, std)
+        module.bias = b
+        return runtime_linear(module, kernels, dtype)
+
+    head = None if args.tie_word_embeddings else DenseLinear(dense(args.vocab_size, args.hidden_size))
+    return _assemble(args, kernels, kv_format, fuse, linear=linear, tensor=tensor, lm_head=head)

@@ -1,0 +1,458 @@
+"""Which module and which kernel op run each linear layer format at inference time, and loading for inference.
+
+A layer's format follows from its QuantLinear's weight and activation arguments (artifact.layer_format names the
+compressed-tensors side). Each runtime format has one module class that holds the weights the way its op reads
+them (prepared once, at load) and calls the op's implementation that the kernel registry chose for the device
+(`get_registry().select_kernel(op, capability)`): the CUDA backend's Triton kernel on a GPU, the portable
+reference elsewhere.
+
+    weights / activations        compressed-tensors   runtime format  op                 module
+    16-bit nn.Linear             (dense)              dense           linear (torch)     DenseLinear
+    int4 / 16-bit                pack-quantized       w4a16           w4a16_linear       W4A16Linear (packed int32)
+    int2..8 but 4 / 16-bit       pack-quantized       w{b}a16         dequant_linear     DequantLinear
+    fp8 / 16-bit                 naive-quantized      w8a16-fp8       dequant_linear     DequantLinear
+    int8 / int8 per token        int-quantized        w8a8-int8       w8a8_int8_linear   W8A8Int8Linear
+    fp8 / fp8 per token or       float-quantized      w8a8-fp8        fp8_linear         FP8Linear
+      static per tensor
+    anything else                any                  (as above)      (as above)         ReferenceLinear
+
+"Anything else" is what an op's contract does not cover: act-order (g_idx) weights, per-group weights under
+quantized activations, static int8 or dynamic per-tensor activations, mixed int/fp8 layers, and any op not
+(yet) declared in ops.OPS. ReferenceLinear runs QuantLinear's own portable forward and reports backend
+"reference" for its op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from accel.plugins.records import KernelChoice
+from accel.plugins.registry import PluginRegistry, get_registry
+from accel.quantization.qlinear import QuantLinear
+from accel.quantization.weight_quant import QuantizedWeight
+from accel.runtime.artifact import MANIFEST_NAME, layer_format
+from accel.runtime.cpu import cpu_capability
+from accel.runtime.loaders import load_model
+from accel.runtime.ops import OPS
+from accel.runtime.packing import pack_int32
+from accel.schema import CapabilityDescriptor
+
+if TYPE_CHECKING:
+    from accel.runtime.model import DecoderModel
+
+__all__ = [
+    "DenseLinear",
+    "DequantLinear",
+    "FP8Linear",
+    "KernelSelector",
+    "LinearFormat",
+    "ReferenceLinear",
+    "RuntimeLinear",
+    "W4A16Linear",
+    "W8A8Int8Linear",
+    "device_capability",
+    "linear_format",
+    "load_for_inference",
+    "runtime_linear",
+]
+
+
+# ---------------------------------------------------------------------------------------------- kernels
+
+
+def device_capability(device: torch.device, registry: PluginRegistry | None = None) -> CapabilityDescriptor:
+    """The capability kernel selection is asked with: the host CPU's, or that of the highest-priority available
+    backend for the device's type; a bare descriptor when no backend claims the device (the reference answers)."""
+    if device.type == "cpu":
+        return cpu_capability()
+    backends = sorted((registry or get_registry()).kernel_backends().values(), key=lambda spec: -spec.priority)
+    for spec in backends:
+        if spec.device_type == device.type and spec.is_available():
+            return spec.capability()
+    return CapabilityDescriptor(device_name=str(device), device_type=device.type)  # type: ignore[arg-type]
+
+
+class KernelSelector:
+    """Asks the registry once per op who runs it on `device`, and remembers the answers (the kernel meta)."""
+
+    def __init__(self, device: torch.device | str, registry: PluginRegistry | None = None) -> None:
+        self.device = torch.device(device)
+        self.registry = registry or get_registry()
+        self.capability = device_capability(self.device, self.registry)
+        self._choices: dict[str, KernelChoice] = {}
+
+    def choose(self, op: str) -> KernelChoice | None:
+        """The registry's kernel for `op`, or None when the op is not declared in ops.OPS (yet).
+
+        A backend's kernel is made opaque to torch.compile (torch.compiler.disable): backends ship plain Python
+        wrappers around their launches (Triton, vendor ops), which dynamo would otherwise trace and re-compile.
+        The portable references are plain PyTorch and stay traceable, so compile can fuse them."""
+        if op not in OPS:
+            return None
+        if op not in self._choices:
+            choice = self.registry.select_kernel(op, self.capability)
+            if choice.backend != "reference":
+                choice = dataclasses.replace(choice, impl=torch.compiler.disable(choice.impl))
+            self._choices[op] = choice
+        return self._choices[op]
+
+
+# ---------------------------------------------------------------------------------------------- modules
+
+
+class RuntimeLinear(nn.Module):
+    """A linear layer in one runtime format: y = x @ W^T (+ b). `op` is the kernel op it calls and `backend`
+    who runs it there (kernel meta)."""
+
+    op: str = "linear"
+
+    def __init__(self, in_features: int, out_features: int, backend: str) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.backend = backend
+
+    @classmethod
+    def fuse(cls, parts: Sequence[RuntimeLinear]) -> RuntimeLinear | None:
+        """One layer computing the parts' outputs side by side (q|k|v, gate|up), or None if this format
+        cannot stack its weights. Stacking rows changes no output value: each row is its own dot product."""
+        return None
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, op={self.op}, backend={self.backend}"
+
+
+def _stack_bias(parts: Sequence[Any]) -> torch.Tensor | None:
+    """Biases of stacked parts; a part without one contributes zeros (Qwen2 has q/k/v biases, Llama none)."""
+    if all(part.bias is None for part in parts):
+        return None
+    ref = next(part.bias for part in parts if part.bias is not None)
+    return torch.cat([part.bias if part.bias is not None else ref.new_zeros(part.out_features) for part in parts])
+
+
+def _same(parts: Sequence[Any], *attrs: str) -> bool:
+    """True when every part agrees on each attribute (values, or None-ness and dtype for tensors)."""
+    for attr in attrs:
+        values = [getattr(part, attr) for part in parts]
+        if isinstance(values[0], torch.Tensor) or values[0] is None:
+            kinds = {(v is None, None if v is None else (v.dtype, v.shape[1:])) for v in values}
+            if len(kinds) > 1:
+                return False
+        elif len(set(values)) > 1:
+            return False
+    return True
+
+
+class DenseLinear(RuntimeLinear):
+    """16-bit (or fp32) weights through torch's own matmul."""
+
+    op = "linear"
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        super().__init__(weight.shape[1], weight.shape[0], backend="torch")
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight, self.bias)
+
+    @classmethod
+    def fuse(cls, parts: Sequence[RuntimeLinear]) -> RuntimeLinear | None:
+        layers = [part for part in parts if isinstance(part, DenseLinear)]
+        if len(layers) != len(parts) or not _same(layers, "weight"):
+            return None
+        return cls(torch.cat([layer.weight for layer in layers]), _stack_bias(layers))
+
+
+class W4A16Linear(RuntimeLinear):
+    """4-bit weights packed once at load in compressed-tensors' pack-quantized layout (int32 [N, K/8]), scales
+    [N, G] in the compute dtype, signed int8 zero points [N, G] or None; op w4a16_linear."""
+
+    op = "w4a16_linear"
+
+    def __init__(
+        self,
+        weight_packed: torch.Tensor,
+        weight_scale: torch.Tensor,
+        weight_zero_point: torch.Tensor | None,
+        group_size: int,
+        in_features: int,
+        bias: torch.Tensor | None,
+        kernel: KernelChoice,
+    ) -> None:
+        super().__init__(in_features, weight_packed.shape[0], backend=kernel.backend)
+        self.group_size = group_size
+        self.kernel = kernel
+        self.register_buffer("weight_packed", weight_packed)
+        self.register_buffer("weight_scale", weight_scale)
+        self.register_buffer("weight_zero_point", weight_zero_point)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.kernel.impl(x, self.weight_packed, self.weight_scale, self.weight_zero_point, self.group_size)
+        return y if self.bias is None else y + self.bias
+
+    @classmethod
+    def fuse(cls, parts: Sequence[RuntimeLinear]) -> RuntimeLinear | None:
+        layers = [part for part in parts if isinstance(part, W4A16Linear)]
+        if len(layers) != len(parts):
+            return None
+        if not _same(layers, "group_size", "in_features", "weight_scale", "weight_zero_point", "backend"):
+            return None
+        first = layers[0]
+        zero = None if first.weight_zero_point is None else torch.cat([p.weight_zero_point for p in layers])
+        packed, scale = torch.cat([p.weight_packed for p in layers]), torch.cat([p.weight_scale for p in layers])
+        return cls(packed, scale, zero, first.group_size, first.in_features, _stack_bias(layers), first.kernel)
+
+
+class DequantLinear(RuntimeLinear):
+    """Weight-only int (any bit width) or fp8 codes, unpacked [N, K], scales [N, G]; op dequant_linear."""
+
+    op = "dequant_linear"
+
+    def __init__(
+        self,
+        weight_q: torch.Tensor,
+        weight_scale: torch.Tensor,
+        weight_zero_point: torch.Tensor | None,
+        group_size: int,
+        bias: torch.Tensor | None,
+        kernel: KernelChoice,
+    ) -> None:
+        super().__init__(weight_q.shape[1], weight_q.shape[0], backend=kernel.backend)
+        self.group_size = group_size
+        self.kernel = kernel
+        self.register_buffer("weight_q", weight_q)
+        self.register_buffer("weight_scale", weight_scale)
+        self.register_buffer("weight_zero_point", weight_zero_point)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.kernel.impl(x, self.weight_q, self.weight_scale, self.weight_zero_point, self.group_size, self.bias)
+
+    @classmethod
+    def fuse(cls, parts: Sequence[RuntimeLinear]) -> RuntimeLinear | None:
+        layers = [part for part in parts if isinstance(part, DequantLinear)]
+        if len(layers) != len(parts):
+            return None
+        if not _same(layers, "group_size", "weight_q", "weight_scale", "weight_zero_point", "backend"):
+            return None
+        first = layers[0]
+        zero = None if first.weight_zero_point is None else torch.cat([p.weight_zero_point for p in layers])
+        codes, scale = torch.cat([p.weight_q for p in layers]), torch.cat([p.weight_scale for p in layers])
+        return cls(codes, scale, zero, first.group_size, _stack_bias(layers), first.kernel)
+
+
+class W8A8Int8Linear(RuntimeLinear):
+    """int8 weights [N, K] with per-channel float32 scales [N, 1]; activations quantized per token at run time
+    (dynamic, symmetric int8); op w8a8_int8_linear."""
+
+    op = "w8a8_int8_linear"
+
+    def __init__(
+        self, weight_q: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None, kernel: KernelChoice
+    ) -> None:
+        super().__init__(weight_q.shape[1], weight_q.shape[0], backend=kernel.backend)
+        self.kernel = kernel
+        self.register_buffer("weight_q", weight_q)
+        self.register_buffer("weight_scale", weight_scale)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.kernel.impl(x, self.weight_q, self.weight_scale, self.bias)
+
+    @classmethod
+    def fuse(cls, parts: Sequence[RuntimeLinear]) -> RuntimeLinear | None:
+        layers = [part for part in parts if isinstance(part, W8A8Int8Linear)]
+        if len(layers) != len(parts) or not _same(layers, "weight_q", "backend"):
+            return None
+        codes, scale = torch.cat([p.weight_q for p in layers]), torch.cat([p.weight_scale for p in layers])
+        return cls(codes, scale, _stack_bias(layers), layers[0].kernel)
+
+
+class FP8Linear(RuntimeLinear):
+    """fp8 e4m3 weights [N, K] with per-channel float32 scales [N, 1]; activations quantized to fp8 per token at
+    run time, or with a static per-tensor `input_scale`; op fp8_linear."""
+
+    op = "fp8_linear"
+
+    def __init__(
+        self,
+        weight_fp8: torch.Tensor,
+        weight_scale: torch.Tensor,
+        input_scale: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        kernel: KernelChoice,
+    ) -> None:
+        super().__init__(weight_fp8.shape[1], weight_fp8.shape[0], backend=kernel.backend)
+        self.kernel = kernel
+        self.register_buffer("weight_fp8", weight_fp8)
+        self.register_buffer("weight_scale", weight_scale)
+        self.register_buffer("input_scale", input_scale)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.kernel.impl(x, self.weight_fp8, self.weight_scale, self.input_scale, self.bias)
+
+    @classmethod
+    def fuse(cls, parts: Sequence[RuntimeLinear]) -> RuntimeLinear | None:
+        """Parts stack when they quantize their (shared) input alike: all dynamic, or one static scale."""
+        layers = [part for part in parts if isinstance(part, FP8Linear)]
+        if len(layers) != len(parts) or not _same(layers, "input_scale", "backend"):
+            return None
+        scales = [p.input_scale for p in layers]
+        if scales[0] is not None and not all(torch.equal(scales[0], scale) for scale in scales):
+            return None
+        codes, scale = torch.cat([p.weight_fp8 for p in layers]), torch.cat([p.weight_scale for p in layers])
+        return cls(codes, scale, scales[0], _stack_bias(layers), layers[0].kernel)
+
+
+class ReferenceLinear(RuntimeLinear):
+    """QuantLinear's portable forward (dequantize the whole weight, then matmul), for formats whose op is not
+    declared yet and for act-order weights; reported as backend "reference" for `op`."""
+
+    def __init__(self, module: QuantLinear, op: str) -> None:
+        super().__init__(module.in_features, module.out_features, backend="reference")
+        self.op = op
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+# ---------------------------------------------------------------------------------------------- formats
+
+
+@dataclass(frozen=True)
+class LinearFormat:
+    """A layer format at run time: its name, compressed-tensors' format, the op it needs, the module class."""
+
+    name: str
+    layer_format: str
+    op: str
+    module: type[RuntimeLinear]
+
+
+def linear_format(module: nn.Module) -> LinearFormat:
+    """The runtime format of a Linear or QuantLinear (the table in the module docstring)."""
+    if not isinstance(module, QuantLinear):
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"expected nn.Linear or QuantLinear, got {type(module).__name__}")
+        return LinearFormat("dense", "dense", "linear", DenseLinear)
+    weights, acts = module.weight_args, module.act_args
+    fmt = layer_format(weights, acts)
+    act_order = module.weight_g_idx is not None
+    if acts is not None:
+        per_row = weights.strategy in ("channel", "tensor") and not act_order
+        if weights.is_fp8 or acts.type == "float":
+            covered = per_row and weights.is_fp8 and acts.type == "float" and (acts.strategy == "token") == acts.dynamic
+            return LinearFormat("w8a8-fp8", fmt, "fp8_linear", FP8Linear if covered else ReferenceLinear)
+        covered = per_row and weights.num_bits == 8 and weights.symmetric and acts.dynamic and acts.strategy == "token"
+        return LinearFormat("w8a8-int8", fmt, "w8a8_int8_linear", W8A8Int8Linear if covered else ReferenceLinear)
+    if weights.is_fp8:
+        return LinearFormat("w8a16-fp8", fmt, "dequant_linear", ReferenceLinear if act_order else DequantLinear)
+    if weights.num_bits == 4:
+        return LinearFormat("w4a16", fmt, "w4a16_linear", ReferenceLinear if act_order else W4A16Linear)
+    return LinearFormat(
+        f"w{weights.num_bits}a16", fmt, "dequant_linear", ReferenceLinear if act_order else DequantLinear
+    )
+
+
+def _per_row_params(module: QuantLinear, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """(scale [N, G] in `dtype`, int8 zero point [N, G] or None, group size; -1 = one group per row).
+    A per-tensor scale is broadcast to one per row, the same weight in the channel layout the ops read."""
+    args, n = module.weight_args, module.out_features
+    scale, zero = module.weight_scale, module.weight_zero_point
+    if args.symmetric:
+        zero = None
+    if args.strategy == "tensor":
+        scale = scale.reshape(1, 1).expand(n, 1)
+        zero = None if zero is None else zero.reshape(1, 1).expand(n, 1)
+    group = args.group_size if args.strategy == "group" else -1
+    zero = None if zero is None else zero.to(torch.int8).contiguous()
+    return scale.to(dtype).contiguous(), zero, group
+
+
+def _on_device(module: QuantLinear, device: torch.device) -> QuantLinear:
+    """`module` itself when its tensors are on `device`, else a copy there (the caller's model is left as is)."""
+    if all(buffer.device == device for buffer in module.buffers()):
+        return module
+
+    def move(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return None if tensor is None else tensor.to(device)
+
+    qweight = module.qweight
+    moved = QuantizedWeight(
+        move(qweight.q), move(qweight.scale), move(qweight.zero_point), qweight.args, move(qweight.g_idx)
+    )
+    return QuantLinear(moved, move(module.bias), module.act_args, move(module.input_scale))
+
+
+def runtime_linear(module: nn.Module, kernels: KernelSelector, dtype: torch.dtype) -> RuntimeLinear:
+    """The runtime module for one Linear / QuantLinear, its weights prepared once for its op, on
+    `kernels.device`, computing in `dtype`. Formats whose op is not registered fall back to ReferenceLinear."""
+    device = kernels.device
+    fmt = linear_format(module)
+    if fmt.module is DenseLinear:
+        assert isinstance(module, nn.Linear)
+        bias = None if module.bias is None else module.bias.detach().to(device, dtype)
+        return DenseLinear(module.weight.detach().to(device, dtype), bias)
+    assert isinstance(module, QuantLinear)
+    module = _on_device(module, device)
+    kernel = kernels.choose(fmt.op)
+    if fmt.module is ReferenceLinear or kernel is None:
+        return ReferenceLinear(module, fmt.op)
+    bias = None if module.bias is None else module.bias.to(dtype)
+    if fmt.module in (W8A8Int8Linear, FP8Linear):
+        scale, _, _ = _per_row_params(module, torch.float32)  # the ops scale in float32; symmetric, per row
+        if fmt.module is W8A8Int8Linear:
+            return W8A8Int8Linear(module.weight_q, scale, bias, kernel)
+        input_scale = None if module.input_scale is None else module.input_scale.reshape(1).to(torch.float32)
+        return FP8Linear(module.weight_q, scale, input_scale, bias, kernel)
+    scale, zero, group = _per_row_params(module, dtype)
+    if fmt.module is W4A16Linear:
+        packed = pack_int32(module.weight_q, 4)
+        return W4A16Linear(packed, scale, zero, group, module.in_features, bias, kernel)
+    return DequantLinear(module.weight_q, scale, zero, group, bias, kernel)
+
+
+def fuse_linears(parts: Sequence[RuntimeLinear]) -> RuntimeLinear | None:
+    """The parts stacked into one layer (one kernel launch instead of several), or None if they cannot be."""
+    return type(parts[0]).fuse(parts) if all(type(part) is type(parts[0]) for part in parts) else None
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_for_inference(
+    source: str | os.PathLike[str] | None = None,
+    *,
+    kv_format: str = "none",
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device = "cpu",
+    registry: PluginRegistry | None = None,
+) -> DecoderModel:
+    """The runtime model (accel.runtime.model.DecoderModel) for `source`, with its tokenizer as `.tokenizer`.
+
+    `source` is an accel artifact directory (has accel-manifest.json: its QuantLinears become the runtime
+    linears of their formats), a Hugging Face model directory or id, or None / "bundled" for the bundled model.
+    `kv_format` ("none", "int8", "fp8", "int4") is the KV cache format Generators of this model use by default.
+    """
+    from accel.runtime import model as runtime_model  # model.py builds on this module's linears
+
+    device = torch.device(device)
+    path = None if source is None else Path(source).expanduser()
+    if path is not None and (path / MANIFEST_NAME).is_file():
+        return runtime_model.from_artifact(path, dtype=dtype, device=device, kv_format=kv_format, registry=registry)
+    hf_model, tokenizer = load_model(None if source is None else str(source), dtype=dtype, device=device)
+    model = runtime_model.from_hf(hf_model, dtype=dtype, device=device, kv_format=kv_format, registry=registry)
+    model.tokenizer = tokenizer
+    return model

@@ -1,0 +1,250 @@
+"""Decode attention over a static KV cache on one GPU: bf16 torch SDPA vs accel-cuda's flash-decoding kernel on
+each cache format (none = bf16, int8, fp8, int4).
+
+Llama-3-8B attention: 32 query heads over 8 KV heads (GQA 4), head_dim 128, one new token per row (T = 1);
+batch 1 and 16; contexts 1k, 8k and 32k, every row full (seq_lens = context = cache capacity), random data.
+
+Timing: CALLS calls per CUDA graph cycling over SETS copies of the cache (together at least 3x the L2, so every
+call reads its cache from device memory), do_bench median of the graph replays, microseconds per call. Effective
+GB/s: the bytes a call must move (the K and V cache of the context, with scales and zero points, plus q and the
+output) over its time; floor_us: the same bytes over the measured copy bandwidth. Speed-ups are over the faster
+of the two bf16 SDPA baselines (default backend choice, and flash forced) on the same card in the same run.
+
+    python bench/kernels_attention.py            # the table -> bench/results/kernels_attention.json / .md
+    python bench/kernels_attention.py --sweep F  # first time launch variants at 32k context (JSON to F)
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+import triton
+from common import environment, write_results
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from triton.testing import do_bench
+
+from accel.runtime.kv_ops import KV_FORMATS, cached_attention, kv_quantize, kv_token_bytes
+
+HQ, HKV, D = 32, 8, 128
+BATCHES = [1, 16]
+CONTEXTS = [1024, 8192, 32768]
+CALLS = 8
+
+
+def graph_us(calls: list[Callable[[], object]], quick: bool = False) -> float:
+    """Microseconds per call: the calls (cycled to at least CALLS) in one CUDA graph, replays timed by do_bench."""
+    calls = [calls[i % len(calls)] for i in range(max(CALLS, len(calls)))]
+    for call in calls:  # compile and warm up outside the capture
+        call()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for call in calls:
+            call()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    warmup, rep = (5, 30) if quick else (10, 100)
+    ms = do_bench(graph.replay, warmup=warmup, rep=rep, return_mode="median")
+    del graph
+    return ms * 1e3 / len(calls)
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy, bytes read + written per second (TB/s), 1 GiB each way."""
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), return_mode="median")
+    return 2 * src.numel() / (ms * 1e-3) / 1e12
+
+
+def call_bytes(fmt: str, batch: int, context: int) -> int:
+    return 2 * batch * HKV * context * kv_token_bytes(fmt, D) + 2 * batch * HQ * D * 2
+
+
+def make_cache(fmt: str, batch: int, context: int, seed: int) -> list[torch.Tensor | None]:
+    """[k_codes, k_scale, k_zero, v_codes, v_scale, v_zero] of a full cache, quantized from random bf16 data."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    stored: list[torch.Tensor | None] = []
+    for _ in range(2):
+        x = torch.randn(batch, HKV, context, D, generator=gen, device="cuda", dtype=torch.bfloat16)
+        stored += list(kv_quantize(x, fmt))
+        del x
+    return stored
+
+
+def sets_for(fmt: str, batch: int, context: int, l2_bytes: int) -> int:
+    return max(2, min(64, math.ceil(3 * l2_bytes / call_bytes(fmt, batch, context))))
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((got.double() - ref.double()).norm() / ref.double().norm())
+
+
+def sweep_configs(plan_cfg):
+    from dataclasses import replace
+
+    from accel_cuda.kernels.attention import AttnConfig
+
+    return {
+        "plan": plan_cfg,
+        "chunk/2": replace(plan_cfg, chunk=max(plan_cfg.block_n, plan_cfg.chunk // 2)),
+        "chunk*2": replace(plan_cfg, chunk=plan_cfg.chunk * 2),
+        "stages3": replace(plan_cfg, num_stages=3),
+        "bn64": replace(plan_cfg, block_n=64),
+        "bn32": AttnConfig(chunk=plan_cfg.chunk, block_n=32, block_r=plan_cfg.block_r),
+        "chunk/2-stages3": replace(plan_cfg, chunk=max(plan_cfg.block_n, plan_cfg.chunk // 2), num_stages=3),
+    }
+
+
+def run_sweep(path: str, sms: int, l2_bytes: int) -> None:
+    import json
+
+    from accel_cuda.kernels.attention import cached_attention as kernel
+    from accel_cuda.kernels.attention import plan
+
+    results = []
+    for batch in BATCHES:
+        context = CONTEXTS[-1]
+        for fmt in KV_FORMATS:
+            cache = make_cache(fmt, batch, context, seed=1)
+            sets = [cache] + [
+                [t.clone() if t is not None else None for t in cache]
+                for _ in range(sets_for(fmt, batch, context, l2_bytes) - 1)
+            ]
+            q = torch.randn(batch, HQ, 1, D, device="cuda", dtype=torch.bfloat16)
+            lens = torch.full((batch,), context, dtype=torch.int32, device="cuda")
+            base = plan(batch, HKV, HQ // HKV, context, D, fmt, sms)
+            row = {"batch": batch, "fmt": fmt}
+            for name, cfg in sweep_configs(base).items():
+                calls = [functools.partial(kernel, q, *s, lens, fmt, D**-0.5, config=cfg) for s in sets]
+                try:
+                    row[name] = graph_us(calls, quick=True)
+                except Exception as exc:  # a variant that fails to compile is reported, not fatal
+                    row[name] = f"{type(exc).__name__}: {str(exc)[:200]}"
+            results.append(row)
+            print("sweep", row, flush=True)
+            del sets, cache
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1, default=str)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sweep", metavar="JSON", help="first time launch variants at 32k context")
+    parser.add_argument("--no-table", action="store_true", help="skip the main table")
+    args = parser.parse_args()
+
+    from accel_cuda.kernels.attention import cached_attention as kernel
+    from accel_cuda.kernels.attention import plan
+
+    torch.manual_seed(0)
+    props = torch.cuda.get_device_properties(0)
+    sms, l2_bytes = props.multi_processor_count, props.L2_cache_size
+    if args.sweep:
+        run_sweep(args.sweep, sms, l2_bytes)
+    if args.no_table:
+        return
+    started = time.perf_counter()
+    bw = copy_bandwidth()
+    print(f"{props.name}: {sms} SMs, L2 {l2_bytes >> 20} MiB, copy bandwidth {bw:.2f} TB/s", flush=True)
+    scale = D**-0.5
+    rows = []
+    for batch in BATCHES:
+        for context in CONTEXTS:
+            q = torch.randn(batch, HQ, 1, D, device="cuda", dtype=torch.bfloat16)
+            lens = torch.full((batch,), context, dtype=torch.int32, device="cuda")
+            row: dict[str, object] = {"batch": batch, "context": context}
+            check = batch == 1 or context == CONTEXTS[0]
+            for fmt in KV_FORMATS:
+                cache = make_cache(fmt, batch, context, seed=context + batch)
+                n_sets = sets_for(fmt, batch, context, l2_bytes)
+                sets = [cache] + [[t.clone() if t is not None else None for t in cache] for _ in range(n_sets - 1)]
+                ours = [functools.partial(kernel, q, *s, lens, fmt, scale) for s in sets]
+                if check:
+                    ref = cached_attention(q.float(), *cache, lens, fmt, scale)
+                    row[f"{fmt}_err"] = rel_err(ours[0](), ref)
+                if fmt == "none":
+                    sdpa = [
+                        functools.partial(F.scaled_dot_product_attention, q, s[0], s[3], scale=scale, enable_gqa=True)
+                        for s in sets
+                    ]
+                    row["sdpa_us"] = graph_us(sdpa)
+                    try:
+                        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                            row["sdpa_flash_us"] = graph_us(sdpa)
+                    except RuntimeError as exc:
+                        print(f"flash SDPA unavailable: {exc}")
+                    if check:
+                        row["sdpa_err"] = rel_err(sdpa[0](), ref)
+                row[f"{fmt}_us"] = graph_us(ours)
+                row[f"{fmt}_GBps"] = call_bytes(fmt, batch, context) / (row[f"{fmt}_us"] * 1e-6) / 1e9
+                row[f"{fmt}_floor_us"] = call_bytes(fmt, batch, context) / (bw * 1e12) * 1e6
+                del sets, cache, ours
+            bf16 = min(v for k, v in row.items() if k in ("sdpa_us", "sdpa_flash_us"))
+            row["bf16_us"] = bf16
+            row["bf16_GBps"] = call_bytes("none", batch, context) / (bf16 * 1e-6) / 1e9
+            for fmt in KV_FORMATS:
+                row[f"x_{fmt}"] = bf16 / row[f"{fmt}_us"]
+            cfg = plan(batch, HKV, HQ // HKV, context, D, "int8", sms)
+            row["plan"] = f"chunk{cfg.chunk} bn{cfg.block_n} br{cfg.block_r} w{cfg.num_warps} s{cfg.num_stages}"
+            rows.append(row)
+            print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    columns = [
+        "batch",
+        "context",
+        "sdpa_us",
+        "sdpa_flash_us",
+        "none_us",
+        "int8_us",
+        "fp8_us",
+        "int4_us",
+        "x_none",
+        "x_int8",
+        "x_fp8",
+        "x_int4",
+        "bf16_GBps",
+        "none_GBps",
+        "int8_GBps",
+        "fp8_GBps",
+        "int4_GBps",
+        "int4_floor_us",
+        "plan",
+    ]
+    meta = {
+        **environment(),
+        "triton": triton.__version__,
+        "sm_count": sms,
+        "l2_mib": l2_bytes >> 20,
+        "copy_bandwidth_tbps": round(bw, 3),
+        "shape": f"{HQ} query heads, {HKV} KV heads, head_dim {D}, T=1, every row full",
+        "timing": f"CUDA graph of >= {CALLS} calls over cache copies totalling >= 3x L2, do_bench median, per call",
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    notes = (
+        "sdpa_us: torch SDPA on the bf16 cache (enable_gqa, backend of torch's choice); sdpa_flash_us: flash forced. "
+        "none/int8/fp8/int4_us: accel-cuda's flash-decoding kernel on that cache format (none = bf16). x_<fmt>: "
+        "the faster SDPA time over ours. <fmt>_GBps: the K/V cache bytes (codes, scales, zero points) plus q and "
+        "the output, over the time. int4_floor_us: int4's bytes over the measured copy bandwidth. Errors (JSON): "
+        "relative to the fp32 reference on the same stored cache."
+    )
+    write_results(
+        "kernels_attention",
+        f"Decode attention on {props.name}: microseconds per call, speed-up over bf16",
+        columns,
+        rows,
+        meta,
+        notes,
+    )
+
+
+if __name__ == "__main__":
+    main()

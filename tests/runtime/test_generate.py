@@ -1,0 +1,186 @@
+"""Generation on the runtime: greedy equals transformers' generate token for token, ragged batches equal each
+prompt alone, a multi-token step equals single steps, sampling is seeded, bad input is named; on a GPU the
+CUDA-graph decode equals eager."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from transformers import LlamaConfig
+
+from accel.runtime.generate import Generator, generate, logits_to_probs, sample
+from accel.runtime.loaders import load_model
+from accel.runtime.model import DecoderModel, from_hf, random_model
+
+PROMPTS = [
+    "The capital of France is a city that",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village by the sea, there lived an old fisherman who",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def two_threads() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, threads))
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_model(dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def runtime(bundled) -> DecoderModel:
+    return from_hf(bundled[0])
+
+
+@pytest.fixture(scope="module")
+def prompts(bundled) -> list[list[int]]:
+    return [bundled[1](text).input_ids for text in PROMPTS]
+
+
+@pytest.fixture(scope="module")
+def generator(runtime) -> Generator:
+    return Generator(runtime, max_batch=4, max_seq=64)
+
+
+# ------------------------------------------------------------------------------------- bundled model
+
+
+@pytest.mark.slow
+def test_greedy_equals_transformers_generate(bundled, generator: Generator, prompts) -> None:
+    hf, _ = bundled
+    eos = hf.generation_config.eos_token_id
+    ids = torch.tensor([prompts[0]])
+    with torch.no_grad():
+        expected = hf.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False, pad_token_id=eos
+        )[0, ids.shape[1] :].tolist()
+    result = generator.generate([prompts[0]], 24, eos=eos)
+    assert result.tokens == [expected]
+    assert result.ttft_s > 0 and len(result.decode_times_s) == len(expected) - 1
+    assert generator.lengths == [len(prompts[0]) + len(expected) - 1]
+
+
+@pytest.mark.slow
+def test_ragged_batch_equals_each_prompt_alone(generator: Generator, prompts) -> None:
+    batched = generator.generate(prompts, 8)
+    alone = [generator.generate([prompt], 8).tokens[0] for prompt in prompts]
+    assert batched.tokens == alone
+    assert batched.prompt_lengths == [len(prompt) for prompt in prompts]
+
+
+@pytest.mark.slow
+def test_multi_token_step_equals_single_steps(generator: Generator, prompts) -> None:
+    draft = [553, 719, 253, 37257]
+    generator.prefill([prompts[0], prompts[1]])
+    single = torch.cat([generator.step(torch.tensor([[tok], [tok]])) for tok in draft], dim=1)  # [2, 4, vocab]
+    generator.prefill([prompts[0], prompts[1]])
+    multi = generator.step(torch.tensor([draft, draft]))
+    torch.testing.assert_close(multi, single, rtol=1e-4, atol=1e-4)
+    # Rewinding drops the last two tokens: stepping them again gives the same logits.
+    generator.rewind([length - 2 for length in generator.lengths])
+    torch.testing.assert_close(
+        generator.step(torch.tensor([draft[2:], draft[2:]])), single[:, 2:], rtol=1e-4, atol=1e-4
+    )
+
+
+@pytest.mark.slow
+def test_sampling_is_seeded_and_cold_sampling_is_greedy(generator: Generator, prompts) -> None:
+    batch = prompts[:2]
+    first = generator.generate(batch, 6, temperature=0.8, top_k=50, top_p=0.95, seed=7)
+    again = generator.generate(batch, 6, temperature=0.8, top_k=50, top_p=0.95, seed=7)
+    assert first.tokens == again.tokens
+    greedy = generator.generate(batch, 6)
+    assert generator.generate(batch, 6, temperature=1e-6, seed=1).tokens == greedy.tokens
+    assert generator.generate(batch, 6, temperature=1.0, top_k=1, seed=2).tokens == greedy.tokens
+
+
+@pytest.mark.slow
+def test_bad_input_names_the_field(generator: Generator, prompts) -> None:
+    with pytest.raises(ValueError, match=r"prompts\[1\] has 60 tokens.*max_seq 64"):
+        generator.generate([prompts[0], [1] * 60], 8)
+    with pytest.raises(ValueError, match="batch of 5 prompts exceeds max_batch 4"):
+        generator.generate([prompts[0]] * 5, 2)
+    with pytest.raises(ValueError, match=r"prompts\[0\] is empty"):
+        generator.generate([[]], 2)
+    with pytest.raises(ValueError, match=r"token id 49152, outside the vocabulary"):
+        generator.generate([[1, 49152]], 2)
+    with pytest.raises(ValueError, match="max_new_tokens must be at least 1"):
+        generator.generate([prompts[0]], 0)
+    with pytest.raises(ValueError, match="kv_format must be one of"):
+        Generator(generator.model, kv_format="int2")
+    generator.prefill([prompts[0]])
+    with pytest.raises(ValueError, match="past max_seq 64"):
+        generator.step(torch.ones(1, 64 - len(prompts[0]) + 1, dtype=torch.long))
+
+
+def test_generate_function_sizes_its_own_cache() -> None:
+    model = random_model(
+        LlamaConfig(
+            vocab_size=128,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        ),
+        dtype=torch.float32,
+    )
+    result = generate(model, [[1, 2, 3], [4]], 5, kv_format="int8")
+    assert [len(row) for row in result.tokens] == [5, 5]
+    stopped = generate(model, [[1, 2, 3]], 5, eos=result.tokens[0][1])
+    assert stopped.tokens[0] == result.tokens[0][:2]
+
+
+# ------------------------------------------------------------------------------------- sampling
+
+
+def test_top_k_and_top_p_keep_the_right_tokens() -> None:
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    torch.testing.assert_close(logits_to_probs(logits), torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    torch.testing.assert_close(logits_to_probs(logits, top_k=2), torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
+    # top_p 0.8: 0.5 + 0.3 reaches it, so the smallest such set is the first two tokens.
+    torch.testing.assert_close(logits_to_probs(logits, top_p=0.8), torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
+    torch.testing.assert_close(logits_to_probs(logits, top_p=0.1), torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+
+
+def test_sample_draws_by_probability() -> None:
+    probs = torch.tensor([0.7, 0.2, 0.1, 0.0])
+    logits = torch.log(probs).expand(20000, 4)
+    draws = sample(logits, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    frequency = torch.bincount(draws, minlength=4) / 20000
+    torch.testing.assert_close(frequency, probs, rtol=0, atol=0.015)  # about 5 standard deviations
+    assert torch.equal(sample(logits[:3], temperature=0.0), torch.zeros(3, dtype=torch.long))
+
+
+# ------------------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kv_format", ["none", "int8"])
+@pytest.mark.parametrize("quant", ["none", "w4a16"])
+def test_cuda_graph_decode_equals_eager(kv_format: str, quant: str) -> None:
+    config = LlamaConfig(
+        vocab_size=4096,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
+    model = random_model(config, dtype=torch.bfloat16, device="cuda", quant=quant, kv_format=kv_format)
+    prompts = [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10]]
+    eager = Generator(model, max_batch=4, max_seq=64, cuda_graphs=False)
+    expected = {batch: eager.generate(prompts[:batch], 16).tokens for batch in (3, 1)}
+    graphed = Generator(model, max_batch=4, max_seq=64, cuda_graphs=True)
+    for batch in (3, 1, 3):  # a graph per batch size; the third run replays the first graph on reused rows
+        assert graphed.generate(prompts[:batch], 16).tokens == expected[batch], batch
+    assert sorted(graphed._graphs) == [1, 3]

@@ -1,0 +1,117 @@
+"""StaticKVCache: writes land at each row's own positions in every format, memory is what the formats promise,
+and on the bundled model a quantized cache really quantizes while staying close to the full-precision one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from accel.runtime.kv_cache import StaticKVCache
+from accel.runtime.kv_ops import KV_FORMATS, KVTensors, kv_dequantize, kv_quantize, kv_token_bytes
+from accel.runtime.loaders import load_model
+from accel.runtime.model import from_hf
+
+LAYERS, HEADS, SEQ, DIM = 2, 3, 16, 64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def two_threads() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, threads))
+    yield
+    torch.set_num_threads(threads)
+
+
+def stored(cache: StaticKVCache, layer: int, which: str = "k") -> torch.Tensor:
+    """The cache's K or V of one layer, dequantized: [B, H, S, D] float32."""
+    parts = (cache.keys if which == "k" else cache.values)[layer]
+    return kv_dequantize(KVTensors(*parts), cache.kv_format)
+
+
+@pytest.mark.parametrize("kv_format", KV_FORMATS)
+def test_writes_land_at_each_rows_positions(kv_format: str) -> None:
+    cache = StaticKVCache(LAYERS, 3, HEADS, SEQ, DIM, kv_format=kv_format, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    prompt_k, prompt_v = torch.randn(2, 3, HEADS, 5, DIM, generator=gen)
+    rows = cache.rows(3)
+    rows.write_prompt(1, prompt_k, prompt_v)
+    new_k, new_v = torch.randn(2, 3, HEADS, 2, DIM, generator=gen)
+    positions = torch.tensor([[5, 6], [2, 3], [9, 10]])  # ragged rows: each appends at its own length
+    rows.write(1, new_k, new_v, positions)
+    for which, prompt, new in (("k", prompt_k, new_k), ("v", prompt_v, new_v)):
+        got = stored(cache, 1, which)
+        expected = torch.zeros(3, HEADS, SEQ, DIM)
+        expected[:, :, :5] = kv_dequantize(kv_quantize(prompt, kv_format), kv_format)
+        for b in range(3):
+            expected[b, :, positions[b]] = kv_dequantize(kv_quantize(new[b : b + 1], kv_format), kv_format)[0]
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert stored(cache, 0).abs().sum() == 0  # other layers untouched
+
+
+def test_rows_share_the_storage_and_check_the_batch() -> None:
+    cache = StaticKVCache(LAYERS, 4, HEADS, SEQ, DIM, kv_format="int8", dtype=torch.bfloat16)
+    rows = cache.rows(2)
+    assert rows is cache.rows(2) and cache.rows(4) is cache
+    rows.seq_lens.fill_(7)
+    assert cache.seq_lens.tolist() == [7, 7, 0, 0]
+    assert rows.keys[0].codes.data_ptr() == cache.keys[0].codes.data_ptr()
+    cache.reset()
+    assert cache.seq_lens.tolist() == [0, 0, 0, 0]
+    with pytest.raises(ValueError, match="max_batch 4"):
+        cache.rows(5)
+
+
+@pytest.mark.parametrize("kv_format", KV_FORMATS)
+def test_nbytes_is_the_formats_token_bytes(kv_format: str) -> None:
+    cache = StaticKVCache(LAYERS, 2, HEADS, SEQ, DIM, kv_format=kv_format, dtype=torch.bfloat16)
+    tokens = LAYERS * 2 * HEADS * SEQ * 2  # layers x rows x heads x positions x (K and V)
+    assert cache.nbytes() == tokens * kv_token_bytes(kv_format, DIM, torch.bfloat16)
+
+
+def test_int8_halves_a_bf16_cache() -> None:
+    sizes = {fmt: StaticKVCache(LAYERS, 2, HEADS, SEQ, DIM, kv_format=fmt).nbytes() for fmt in KV_FORMATS}
+    assert sizes["int8"] / sizes["none"] == pytest.approx((DIM + 4) / (2 * DIM))  # 0.53 at head_dim 64
+    assert sizes["fp8"] == sizes["int8"]
+    assert sizes["int4"] / sizes["none"] == pytest.approx((DIM / 2 + 4 * DIM / 32) / (2 * DIM))  # 0.31
+
+
+def test_bad_arguments_name_the_field() -> None:
+    with pytest.raises(ValueError, match="kv_format must be one of .* got 'int3'"):
+        StaticKVCache(LAYERS, 1, HEADS, SEQ, DIM, kv_format="int3")
+    with pytest.raises(ValueError, match="max_seq must be at least 1"):
+        StaticKVCache(LAYERS, 1, HEADS, 0, DIM)
+    with pytest.raises(ValueError, match="head_dim divisible by 32"):
+        StaticKVCache(LAYERS, 1, HEADS, SEQ, 48, kv_format="int4")
+
+
+# ------------------------------------------------------------------------------------- bundled model
+
+
+@pytest.fixture(scope="module")
+def runtime_and_ids():
+    hf, tokenizer = load_model(dtype=torch.float32)
+    return from_hf(hf), tokenizer("The capital of France is a city that").input_ids
+
+
+def decode_logits(runtime, ids: list[int], kv_format: str, steps: list[int]) -> torch.Tensor:
+    """Logits of `steps` decoded one at a time after the prompt, through a cache in `kv_format`."""
+    cache = runtime.new_cache(1, len(ids) + len(steps), kv_format)
+    with torch.no_grad():
+        runtime.prefill(torch.tensor([ids]), torch.tensor([len(ids)]), cache)
+        return torch.cat([runtime.decode(torch.tensor([[tok]]), cache)[0] for tok in steps])
+
+
+@pytest.mark.slow
+def test_quantized_caches_stay_close_to_full_precision(runtime_and_ids) -> None:
+    runtime, ids = runtime_and_ids
+    steps = [553, 719, 253, 37257]
+    reference = decode_logits(runtime, ids, "none", steps)
+    # Measured relative errors on this prompt: int8 ~0.007, fp8 ~0.02, int4 ~0.06.
+    bounds = {"int8": 0.02, "fp8": 0.05, "int4": 0.15}
+    for kv_format, bound in bounds.items():
+        got = decode_logits(runtime, ids, kv_format, steps)
+        error = float((got - reference).norm() / reference.norm())
+        assert 0 < error < bound, (kv_format, error)  # it really quantizes, and stays close
+        assert torch.equal(got.argmax(-1), reference.argmax(-1)) or kv_format == "int4"

@@ -1,0 +1,216 @@
+"""The runtime decoder against transformers: the bundled SmolLM2 in float32 (prefill and decode logits), and tiny
+random Llama (llama3 RoPE scaling, untied head), Qwen2 (q/k/v biases) and Mistral models for the other shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from accel.runtime.loaders import load_model
+from accel.runtime.model import RANDOM_QUANT, DecoderModel, ModelArgs, from_hf, from_state_dict, random_model
+from accel.runtime.quant_backend import DenseLinear, RuntimeLinear
+
+PROMPT = "The capital of France is a city that"
+# float32 on both sides: the same operations in the same order up to matmul blocking, so far under 1e-4.
+RELATIVE = 1e-4
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((got - expected).norm() / expected.norm())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def two_threads() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, threads))
+    yield
+    torch.set_num_threads(threads)
+
+
+def small(config_class: type[PretrainedConfig], **fields: object) -> PretrainedConfig:
+    base = dict(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    return config_class(**{**base, **fields})
+
+
+def run_both(hf: PreTrainedModel, runtime: DecoderModel, ids: list[int], steps: list[int]) -> tuple:
+    """(runtime logits, transformers logits) over the prompt then `steps` one decode token at a time."""
+    cache = runtime.new_cache(1, len(ids) + len(steps))
+    with torch.no_grad():
+        prompt = torch.tensor([ids])
+        got = [runtime.prefill(prompt, torch.tensor([len(ids)]), cache, all_logits=True)[0]]
+        got += [runtime.decode(torch.tensor([[tok]]), cache)[0] for tok in steps]
+        expected = hf(torch.tensor([ids + steps])).logits[0]
+    return torch.cat(got), expected
+
+
+# ------------------------------------------------------------------------------------- bundled model
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_model(dtype=torch.float32)
+
+
+@pytest.mark.slow
+def test_bundled_logits_match_transformers(bundled) -> None:
+    hf, tokenizer = bundled
+    runtime = from_hf(hf)
+    ids = tokenizer(PROMPT).input_ids
+    steps = [553, 719, 253, 37257, 282]  # the model's own greedy continuation
+    got, expected = run_both(hf, runtime, ids, steps)
+    assert relative_error(got[: len(ids)], expected[: len(ids)]) < RELATIVE  # prefill
+    assert relative_error(got[len(ids) :], expected[len(ids) :]) < RELATIVE  # decode through the cache
+    assert runtime.kernel_meta() == {"cached_attention": "reference", "linear": "torch"}
+
+
+@pytest.mark.slow
+def test_state_dict_build_equals_module_build(bundled) -> None:
+    hf, tokenizer = bundled
+    state = {name: tensor for name, tensor in hf.state_dict().items() if name != "lm_head.weight"}  # tied
+    runtime = from_state_dict(hf.config, state, dtype=torch.float32)
+    assert runtime.lm_head.weight is runtime.embed_weight
+    ids = tokenizer(PROMPT).input_ids
+    got, expected = run_both(hf, runtime, ids, [553])
+    assert relative_error(got, expected) < RELATIVE
+
+
+# ------------------------------------------------------------------------------------- other shapes
+
+
+@pytest.mark.parametrize(
+    ("name", "model_class", "config"),
+    [
+        (
+            "llama3-rope-untied",
+            LlamaForCausalLM,
+            small(
+                LlamaConfig,
+                tie_word_embeddings=False,
+                rope_scaling={
+                    "rope_type": "llama3",
+                    "factor": 8.0,
+                    "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 32,
+                },
+            ),
+        ),
+        (
+            "llama-linear-rope-biases",
+            LlamaForCausalLM,
+            small(LlamaConfig, attention_bias=True, mlp_bias=True, rope_scaling={"rope_type": "linear", "factor": 2.0}),
+        ),
+        ("qwen2-qkv-bias", Qwen2ForCausalLM, small(Qwen2Config, tie_word_embeddings=True)),
+        ("mistral", MistralForCausalLM, small(MistralConfig, sliding_window=None)),
+    ],
+)
+def test_family_shapes_match_transformers(name: str, model_class: type, config: PretrainedConfig) -> None:
+    torch.manual_seed(0)
+    hf = model_class(config).eval()
+    with torch.no_grad():  # transformers initialises biases to zero; make them matter
+        for module_name, param in hf.named_parameters():
+            if module_name.endswith("bias"):
+                param.normal_(0, 0.5)
+    runtime = from_hf(hf)
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 256, (40,), generator=gen).tolist()  # past original_max_position_embeddings
+    got, expected = run_both(hf, runtime, ids, [5, 17, 99])
+    assert relative_error(got, expected) < RELATIVE, name
+
+
+def test_qwen2_stacks_its_qkv_biases() -> None:
+    args = ModelArgs.from_config(small(Qwen2Config))
+    assert args.qkv_bias and not args.o_bias and args.head_dim == 16 and args.sliding_window is None
+
+
+def test_unsupported_architectures_are_named() -> None:
+    with pytest.raises(ValueError, match="config.model_type 'gpt2'"):
+        ModelArgs.from_config(PretrainedConfig(model_type="gpt2"))
+    with pytest.raises(ValueError, match="hidden_act 'gelu'"):
+        ModelArgs.from_config(small(LlamaConfig, hidden_act="gelu"))
+    with pytest.raises(ValueError, match="rope type 'yarn'"):
+        ModelArgs.from_config(small(LlamaConfig, rope_scaling={"rope_type": "yarn", "factor": 2.0}))
+
+
+def test_cache_limits_name_the_field() -> None:
+    runtime = random_model(small(MistralConfig, sliding_window=32), dtype=torch.float32)
+    with pytest.raises(ValueError, match="max_position_embeddings 256"):
+        runtime.new_cache(1, 512)
+    with pytest.raises(ValueError, match="sliding_window 32"):
+        runtime.new_cache(1, 64)
+    cache = runtime.new_cache(1, 8)
+    with pytest.raises(ValueError, match="max_batch 1"):
+        runtime.prefill(torch.zeros(2, 3, dtype=torch.long), torch.tensor([3, 3]), cache)
+    with pytest.raises(ValueError, match="max_seq 8"):
+        runtime.prefill(torch.zeros(1, 9, dtype=torch.long), torch.tensor([9]), cache)
+
+
+# ------------------------------------------------------------------------------------- random models
+
+
+@pytest.mark.parametrize("quant", RANDOM_QUANT)
+def test_random_model_runs_every_format(quant: str) -> None:
+    config = small(LlamaConfig, tie_word_embeddings=True)
+    runtime = random_model(config, dtype=torch.float32, quant=quant, group_size=32)
+    ops = {module.op for module in runtime.modules() if isinstance(module, RuntimeLinear)}
+    expected = {
+        "none": "linear",
+        "w4a16": "w4a16_linear",
+        "w4a16-asym": "w4a16_linear",
+        "w8a16": "dequant_linear",
+        "w8a8-int8": "w8a8_int8_linear",
+        "w8a8-fp8": "fp8_linear",
+    }[quant]
+    assert ops == {"linear", expected}  # the tied head stays dense
+    cache = runtime.new_cache(2, 16)
+    with torch.no_grad():
+        logits = runtime.prefill(torch.tensor([[1, 2, 3], [4, 5, 0]]), torch.tensor([3, 2]), cache)
+        step = runtime.decode(torch.tensor([[7], [8]]), cache)
+    assert logits.shape == (2, 256) and step.shape == (2, 1, 256)
+    assert torch.isfinite(logits).all() and torch.isfinite(step).all()
+    assert cache.seq_lens.tolist() == [4, 3]
+
+
+def test_random_model_is_seeded_and_in_its_dtype() -> None:
+    config = small(LlamaConfig, tie_word_embeddings=False)
+    first = random_model(config, dtype=torch.bfloat16, seed=3)
+    second = random_model(config, dtype=torch.bfloat16, seed=3)
+    assert torch.equal(first.embed_weight, second.embed_weight)
+    assert all(t.dtype == torch.bfloat16 for t in first.buffers() if t.is_floating_point())
+    assert isinstance(first.lm_head, DenseLinear) and first.lm_head.weight is not first.embed_weight
+    with pytest.raises(ValueError, match="quant must be one of"):
+        random_model(config, quant="w3a3")
+
+
+@pytest.mark.parametrize("quant", ["none", "w4a16-asym"])
+def test_stacked_projections_equal_separate_ones(quant: str) -> None:
+    config = small(Qwen2Config)  # q/k/v biases stack too
+    fused = random_model(config, dtype=torch.float32, quant=quant, group_size=32)
+    separate = random_model(config, dtype=torch.float32, quant=quant, group_size=32, fuse=False)
+    assert type(separate.layers[0].self_attn.qkv_proj).__name__ == "Stacked"
+    assert type(fused.layers[0].self_attn.qkv_proj).__name__ != "Stacked"
+    tokens, lengths = torch.tensor([[3, 1, 4, 1, 5]]), torch.tensor([5])
+    with torch.no_grad():
+        got = fused.prefill(tokens, lengths, fused.new_cache(1, 8), all_logits=True)
+        expected = separate.prefill(tokens, lengths, separate.new_cache(1, 8), all_logits=True)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
