@@ -57,4 +57,7 @@ def accel_select_kernel(op: str, capability: CapabilityDescriptor) -> KernelChoi
     impl = kernels().get(op)
     if capability.device_type != CudaPlatform.device_type or impl is None:
         return None
-    return KernelChoice(backend=BACKEND, op=op, impl=impl, reason="CUDA Triton kernel")
+    from accel_cuda.kernels import w4a16_prepare
+
+    prepare = w4a16_prepare if op == "w4a16_linear" else None
+    return KernelChoice(backend=BACKEND, op=op, impl=impl, reason="CUDA Triton kernel", prepare=prepare)

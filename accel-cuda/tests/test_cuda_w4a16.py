@@ -133,3 +133,56 @@ def test_matches_core_reference_op():
         expected = op.reference(x.float(), packed, scale.float(), zero_point, group).double()
         error = relative_error(choice.impl(x, packed, scale, zero_point, group), expected)
         assert error < BOUND[dtype], f"{dtype}: relative error {error:.2e}"
+
+
+# The decode path: words permuted once at load (w4a16.prepare), the packed-pair GEMV for the M it is tuned for,
+# the tensor-core and dequantize paths reading the same permuted words for larger M. The GEMV's products and
+# 4-term lane sums round to the half type (w4a16_gemv._DOT_WORD), so its bound is looser than the exact paths'.
+PERMUTED_BOUND = {torch.bfloat16: 1e-2, torch.float16: 3e-3}
+GEMV_SHAPES = [(14336, 4096), (4096, 14336), (1000, 4096), (4104, 1152)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize(("n", "k"), GEMV_SHAPES, ids=[f"{n}x{k}" for n, k in GEMV_SHAPES])
+@pytest.mark.parametrize("m", [1, 2, 3, 16, 200])
+def test_prepared_weights_match_float64(m, n, k, symmetric, dtype):
+    from accel_cuda.kernels.w4a16 import prepare, w4a16_linear
+
+    x, q, scale, zero_point = make_case(m, n, k, 128, symmetric, dtype)
+    (words, s, z, g), kwargs = prepare(pack_int32(q, 4), scale, zero_point, 128)
+    assert kwargs == {"permuted": True}
+    expected = float64_reference(x, q, scale, zero_point, 128)
+    for _ in range(2):  # the split-K counters must be left at zero for the next call
+        got = w4a16_linear(x, words, s, z, g, **kwargs)
+        assert relative_error(got, expected) < PERMUTED_BOUND[dtype]
+
+
+@pytest.mark.parametrize("split", [1, 3, 7])
+@pytest.mark.parametrize("block_n", [16, 64])
+def test_gemv_every_element_written_under_a_graph(split, block_n, monkeypatch):
+    from accel_cuda.kernels import w4a16_gemv as gv
+
+    n, k = 1000, 2048  # N off the block sizes: the masked (not EVEN) variant
+    x, q, scale, zero_point = make_case(1, n, k, 128, False, torch.bfloat16)
+    words = gv.permute_nibbles(pack_int32(q, 4))
+    cfg = gv.GemvConfig(block_n=block_n, ng=2, split=split, prefetch=split == 3)
+    out = torch.full((1, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+    gv.w4a16_gemv(x, words, scale, zero_point, config=cfg, out=out, permuted=True)  # compile outside the capture
+    out.fill_(float("nan"))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        gv.w4a16_gemv(x, words, scale, zero_point, config=cfg, out=out, permuted=True)
+    expected = float64_reference(x, q, scale, zero_point, 128)
+    for _ in range(3):
+        out.fill_(float("nan"))
+        graph.replay()
+        assert relative_error(out, expected) < PERMUTED_BOUND[torch.bfloat16]
+
+
+def test_gemv_refuses_unpermuted_words():
+    from accel_cuda.kernels import w4a16_gemv as gv
+
+    x, q, scale, _ = make_case(1, 64, 256, 128, True, torch.bfloat16)
+    with pytest.raises(ValueError, match="permute_nibbles"):
+        gv.w4a16_gemv(x, pack_int32(q, 4), scale, None)

@@ -92,6 +92,10 @@ class KernelChoice:
     op: str
     impl: Callable[..., Any]
     reason: str = ""
+    # Optional: converts a layer's weight arguments of the op once, at load, into the form `impl` reads fastest
+    # (e.g. a repacked layout). Called with the op's weight arguments; returns (weight arguments, keyword
+    # arguments) that the caller then passes to impl on every call. None: pass the artifact's tensors as they are.
+    prepare: Callable[..., tuple[tuple[Any, ...], dict[str, Any]]] | None = None
 
     def meta(self) -> dict[str, str]:
         """Kernel meta as artifacts record it."""

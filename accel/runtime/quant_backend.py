@@ -187,8 +187,15 @@ class W4A16Linear(RuntimeLinear):
         in_features: int,
         bias: torch.Tensor | None,
         kernel: KernelChoice,
+        kernel_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(in_features, weight_packed.shape[0], backend=kernel.backend)
+        if kernel_kwargs is None:  # fresh artifact tensors: let the backend convert them once (KernelChoice.prepare)
+            kernel_kwargs = {}
+            if kernel.prepare is not None:
+                args, kernel_kwargs = kernel.prepare(weight_packed, weight_scale, weight_zero_point, group_size)
+                weight_packed, weight_scale, weight_zero_point, group_size = args
+        self.kernel_kwargs = kernel_kwargs
         self.group_size = group_size
         self.kernel = kernel
         self.register_buffer("weight_packed", weight_packed)
@@ -197,7 +204,9 @@ class W4A16Linear(RuntimeLinear):
         self.register_buffer("bias", bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.kernel.impl(x, self.weight_packed, self.weight_scale, self.weight_zero_point, self.group_size)
+        y = self.kernel.impl(
+            x, self.weight_packed, self.weight_scale, self.weight_zero_point, self.group_size, **self.kernel_kwargs
+        )
         return y if self.bias is None else y + self.bias
 
     @classmethod
@@ -210,7 +219,11 @@ class W4A16Linear(RuntimeLinear):
         first = layers[0]
         zero = None if first.weight_zero_point is None else torch.cat([p.weight_zero_point for p in layers])
         packed, scale = torch.cat([p.weight_packed for p in layers]), torch.cat([p.weight_scale for p in layers])
-        return cls(packed, scale, zero, first.group_size, first.in_features, _stack_bias(layers), first.kernel)
+        # Prepared weights are concatenated as they are (a backend's preparation is per output row).
+        return cls(
+            packed, scale, zero, first.group_size, first.in_features, _stack_bias(layers), first.kernel,
+            first.kernel_kwargs,
+        )
 
 
 class DequantLinear(RuntimeLinear):

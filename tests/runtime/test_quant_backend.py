@@ -4,6 +4,7 @@ artifacts made by the quantize pipeline load for inference with the logits of lo
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,6 +161,45 @@ def test_stacked_layers_equal_their_parts(args, acts, kernels) -> None:
     x = torch.randn(3, 200, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         torch.testing.assert_close(fused(x), torch.cat([part(x) for part in parts], dim=-1))
+
+
+def test_a_backends_prepare_runs_once_at_load(kernels) -> None:
+    """KernelChoice.prepare converts a W4A16 layer's tensors once; its keyword arguments go with every call, and
+    stacking prepared layers does not prepare them again. The conversion here is a real one the impl undoes
+    (scales stored doubled), so a layer that skipped or repeated it would compute a different product."""
+    reference = kernels.choose("w4a16_linear")
+    assert reference is not None
+    calls = {"prepare": 0}
+
+    def prepare(packed, scale, zero_point, group_size):
+        calls["prepare"] += 1
+        return (packed, scale * 2, zero_point, group_size), {"scale_factor": 2.0}
+
+    def impl(x, packed, scale, zero_point, group_size, scale_factor=1.0):
+        return reference.impl(x, packed, scale / scale_factor, zero_point, group_size)
+
+    choice = dataclasses.replace(reference, backend="doubled", impl=impl, prepare=prepare)
+    parts = [quant_linear(W4_ASYM, seed=seed) for seed in (1, 2)]
+    layers = [runtime_linear(part, _Fixed(choice), torch.float32) for part in parts]
+    assert calls["prepare"] == 2
+    x = torch.randn(3, 200, generator=torch.Generator().manual_seed(3))
+    for layer, part in zip(layers, parts, strict=True):
+        assert isinstance(layer, W4A16Linear) and layer.kernel_kwargs == {"scale_factor": 2.0}
+        assert relative_error(layer(x), part(x)) < 1e-5
+    stacked = W4A16Linear.fuse(layers)
+    assert stacked is not None and calls["prepare"] == 2
+    assert relative_error(stacked(x), torch.cat([part(x) for part in parts], dim=-1)) < 1e-5
+
+
+class _Fixed:
+    """A kernel selector that answers every op with one choice."""
+
+    def __init__(self, choice) -> None:
+        self.choice = choice
+        self.device = torch.device("cpu")
+
+    def choose(self, op: str):
+        return self.choice
 
 
 def test_mixed_parts_do_not_stack(kernels) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["cached_attention", "fp8_linear", "triton_available", "w4a16_linear", "w8a8_int8_linear"]
+__all__ = ["cached_attention", "fp8_linear", "triton_available", "w4a16_linear", "w4a16_prepare", "w8a8_int8_linear"]
 
 
 def triton_available() -> bool:
@@ -28,6 +28,19 @@ def w4a16_linear(
     from accel_cuda.kernels.w4a16 import w4a16_linear as impl
 
     return impl(x, weight_packed, weight_scale, weight_zero_point, group_size, **kwargs)
+
+
+def w4a16_prepare(
+    weight_packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor | None,
+    group_size: int,
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Load-time conversion for w4a16_linear (accel_cuda.kernels.w4a16.prepare: nibbles permuted for the decode
+    GEMV), imported on first call."""
+    from accel_cuda.kernels.w4a16 import prepare
+
+    return prepare(weight_packed, weight_scale, weight_zero_point, group_size)
 
 
 def w8a8_int8_linear(

@@ -34,7 +34,7 @@ import triton.language as tl
 
 from accel.runtime.ops import w4a16_linear as reference
 from accel_cuda.kernels import w4a16_gemv as gemv
-from accel_cuda.kernels.w4a16_gemv import unpermute_nibbles
+from accel_cuda.kernels.nibbles import unpermute_nibbles
 
 __all__ = ["Config", "plan", "prepare", "w4a16_dequantize", "w4a16_linear"]
 

@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from accel_cuda.kernels.nibbles import permute_nibbles, unpermute_nibbles
+
 __all__ = ["GemvConfig", "gemv_plan", "permute_nibbles", "supports", "unpermute_nibbles", "w4a16_gemv"]
 
 
@@ -227,27 +229,6 @@ def _counters(device: torch.device, size: int) -> torch.Tensor:
         buf = torch.zeros(max(size, 8192), dtype=torch.int32, device=device)
         _COUNTERS[device] = buf
     return buf
-
-
-def permute_nibbles(words: torch.Tensor) -> torch.Tensor:
-    """Reorder the 8 codes of each int32 word for the packed path: slots 0..3 take codes 0, 2, 4, 6 and slots
-    4..7 codes 1, 3, 5, 7, so that slot pair (i, i + 4) holds codes (2i, 2i + 1). Done once, at load."""
-    w = words.to(torch.int64) & 0xFFFFFFFF
-    out = torch.zeros_like(w)
-    for code in range(8):
-        slot = code // 2 + 4 * (code % 2)
-        out |= ((w >> (4 * code)) & 0xF) << (4 * slot)
-    return (out - ((out >> 31) << 32)).to(torch.int32)
-
-
-def unpermute_nibbles(words: torch.Tensor) -> torch.Tensor:
-    """The inverse of permute_nibbles: back to the pack-quantized order."""
-    w = words.to(torch.int64) & 0xFFFFFFFF
-    out = torch.zeros_like(w)
-    for code in range(8):
-        slot = code // 2 + 4 * (code % 2)
-        out |= ((w >> (4 * slot)) & 0xF) << (4 * code)
-    return (out - ((out >> 31) << 32)).to(torch.int32)
 
 
 def supports(k: int, groups: int, group_size: int) -> bool:

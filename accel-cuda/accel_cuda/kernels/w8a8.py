@@ -4,8 +4,11 @@ Two steps per call:
 
 1. `quantize_rows`: one program per token computes s_x = max(max|x|, 1e-12) / qmax (or takes the static scale)
    and writes the codes q_x = clamp(round(x / s_x)) (int8) or fp8(clamp(x / s_x)) (e4m3), activation_quant's
-   convention. round() is half-to-even through the 1.5 * 2^23 trick (adding and subtracting it rounds an fp32
-   |y| <= 2^22 to an integer in the current, nearest-even mode).
+   convention, computed as torch computes it on the same device, so that codes match bit for bit: x / s divides
+   exactly (div_rn), and max / qmax does too on the CPU while torch on CUDA multiplies by the fp32 reciprocal of
+   a scalar divisor (RECIP). Bit-exact matters: bf16 inputs put x / s exactly on a rounding tie often enough that
+   a one-ulp difference in s flips codes. round() is half-to-even through the 1.5 * 2^23 trick (adding and
+   subtracting it rounds an fp32 |y| <= 2^22 to an integer in the current, nearest-even mode).
 2. The product, by `W8Config.kernel`:
    - "triton": a tl.dot GEMM on the int8 (int32 accumulator) or e4m3 (fp32 accumulator) codes, both operands
      K-major, with the scales, bias and cast fused into its epilogue; split-K partials (already scaled, fp32)
@@ -15,8 +18,8 @@ Two steps per call:
    - "scaled_mm": fp8 only, torch._scaled_mm with rowwise scales (s_x [M, 1], s_w [1, N]) and the bias fused in
      cuBLAS/CUTLASS; Hopper and newer with bf16 output.
 
-`plan` picks one per shape (KERNEL_NOTES.md has the measurements behind it): at decode sizes int8 runs the Triton
-GEMM (its int8 weights are half of bf16's bytes) and fp8 cuBLAS; above M = 64 the libraries.
+`plan` picks one per shape (KERNEL_NOTES.md has the measurements behind it): at decode sizes the Triton GEMM (the
+8-bit weights are half of bf16's bytes); above M = 64 the libraries.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def _quantize_rows_kernel(
     stride_xm,
     FP8: tl.constexpr,
     STATIC: tl.constexpr,
+    RECIP: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -63,13 +67,15 @@ def _quantize_rows_kernel(
         for k0 in range(0, K, BLOCK_K):
             x = tl.load(x_ptr + row * stride_xm + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
             amax = tl.maximum(amax, tl.abs(x))
-        scale = tl.math.div_rn(tl.maximum(tl.max(amax, axis=0), 1e-12), qmax)  # IEEE, as torch
+        amax = tl.maximum(tl.max(amax, axis=0), 1e-12)
+        # RECIP: times the fp32 reciprocal, as torch's CUDA division by a scalar; else exact, as on the CPU.
+        scale = amax * (1.0 / qmax) if RECIP else tl.math.div_rn(amax, qmax)
     tl.store(s_ptr + row, scale)
     for k0 in range(0, K, BLOCK_K):
         mask = k0 + offs < K
         y = tl.math.div_rn(tl.load(x_ptr + row * stride_xm + k0 + offs, mask=mask, other=0.0).to(tl.float32), scale)
         y = tl.minimum(tl.maximum(y, -qmax), qmax)
-        # int8: round half to even (module docstring) before the (truncating) conversion.
+        # int8: round half to even (module docstring) before the (truncating) conversion; fp8's conversion is RNE.
         q = y.to(tl.float8e4nv) if FP8 else ((y + 12582912.0) - 12582912.0).to(tl.int8)
         tl.store(q_ptr + row * K + k0 + offs, q, mask=mask)
 
@@ -214,15 +220,18 @@ def _library_ok(kernel: str, m: int, n: int, k: int, fp8: bool, cuda: bool, roww
 
 
 def plan(m: int, n: int, k: int, fp8: bool, sm_count: int, cuda: bool = True, rowwise: bool = False) -> W8Config:
-    """The path per shape, from the H200 measurements in KERNEL_NOTES.md. fp8: cuBLAS (tensorwise, then the
-    epilogue) up to M = 64, rowwise _scaled_mm above. int8: the Triton GEMM up to M = 64 (decode is weight-bound:
-    column tiles of 64, or 32 and split-K until there are about as many programs as SMs), cuBLAS _int_mm above.
-    Triton wherever the libraries do not take the shape."""
-    if fp8 and m > 64 and _library_ok("scaled_mm", m, n, k, fp8, cuda, rowwise):
-        return W8Config("scaled_mm")
-    if (fp8 or m > 64) and _library_ok("cublas", m, n, k, fp8, cuda, rowwise):
-        return W8Config("cublas")
+    """The path per shape, from the H200 measurements in KERNEL_NOTES.md. Up to M = 16 (decode, weight-bound) the
+    Triton GEMM: column tiles of 64, or 32 and split-K until there are about as many programs as SMs. Above: fp8
+    cuBLAS (tensorwise, then the epilogue) up to M = 64 and rowwise _scaled_mm beyond; int8 the Triton GEMM up
+    to M = 64 and cuBLAS _int_mm beyond. Triton wherever the libraries do not take the shape."""
+    if m > 16 and fp8:
+        if m > 64 and _library_ok("scaled_mm", m, n, k, fp8, cuda, rowwise):
+            return W8Config("scaled_mm")
+        if _library_ok("cublas", m, n, k, fp8, cuda, rowwise):
+            return W8Config("cublas")
     if m > 64:
+        if _library_ok("cublas", m, n, k, fp8, cuda, rowwise):
+            return W8Config("cublas")
         return W8Config(block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=4)
     block_m = 16 if m <= 16 else 64
     block_n = 64 if math.ceil(n / 64) >= sm_count else 32
@@ -259,6 +268,7 @@ def quantize_rows(
             x2.stride(0),
             FP8=fp8,
             STATIC=static_scale is not None,
+            RECIP=x2.is_cuda,
             BLOCK_K=min(2048, triton.next_power_of_2(k)),
             num_warps=4,
         )
