@@ -16,8 +16,11 @@ from accel.schema import CapabilityDescriptor
 
 PLATFORM = "accel_cuda.platform:CudaPlatform"
 NVIDIA_DRIVER_DIR = "/proc/driver/nvidia"
-# The reference dequant_linear runs on any torch device, so these formats run here today.
+# What the runtime runs on a CUDA GPU (the Triton kernels, or the portable references where Triton is missing):
+# weight-only int everywhere; int8 activations and int8 / int4 KV from Ampere (sm_80); fp8 from Ada (sm_89).
 REFERENCE_QUANT_FORMATS = ["w8a16", "w4a16", "w4a16-asym"]
+AMPERE_QUANT_FORMATS = ["w8a8-int8", "kv-int8", "kv-int4"]
+FP8_QUANT_FORMATS = ["w8a8-fp8", "kv-fp8"]
 
 
 def probe() -> str | None:
@@ -64,10 +67,15 @@ class CudaPlatform:
         free, total = torch.cuda.mem_get_info(index)
         sm = (props.major, props.minor)
         dtypes = ["fp32", "fp16", "int8"]
+        formats = list(REFERENCE_QUANT_FORMATS)
         if sm >= (8, 0):
             dtypes.append("bf16")
+            formats += AMPERE_QUANT_FORMATS
         if sm >= (8, 9):
             dtypes += ["fp8_e4m3", "fp8_e5m2"]
+            formats += FP8_QUANT_FORMATS
+        from accel_cuda.plugin import kernels  # Triton kernels present on this install (empty without Triton)
+
         return CapabilityDescriptor(
             device_name=props.name,
             device_type="cuda",
@@ -76,8 +84,8 @@ class CudaPlatform:
             total_memory_bytes=total,
             available_memory_bytes=free,
             supported_dtypes=dtypes,
-            supported_kernels=[],
-            supported_quant_formats=list(REFERENCE_QUANT_FORMATS),
+            supported_kernels=sorted(kernels()),
+            supported_quant_formats=formats,
             has_graph_exec=True,  # CUDA graphs
             has_collective=True,  # NCCL
             memory_bandwidth_gbps=peak_memory_bandwidth_gbps(props),

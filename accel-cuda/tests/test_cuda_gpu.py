@@ -26,6 +26,10 @@ def test_capability_reads_the_gpu():
     assert capability.total_memory_bytes > 0
     assert 0 < capability.available_memory_bytes <= capability.total_memory_bytes
     assert ("fp8_e4m3" in capability.supported_dtypes) == ((major, minor) >= (8, 9))
+    assert ("w8a8-fp8" in capability.supported_quant_formats) == ((major, minor) >= (8, 9))
+    assert ("kv-int8" in capability.supported_quant_formats) == ((major, minor) >= (8, 0))
+    assert {"w4a16", "w8a16"} <= set(capability.supported_quant_formats)
+    assert "w4a16_linear" in capability.supported_kernels  # Triton is on the GPU machines
 
 
 def test_reference_dequant_linear_runs_on_the_gpu():
