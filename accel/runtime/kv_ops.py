@@ -129,7 +129,7 @@ def cached_attention(
     Returns [b, hq, T, d] in q's dtype: softmax(q k^T * sm_scale) v, computed in float32.
     T = 1 is decode; T > 1 is speculative verification or a prefill chunk after cached context.
     """
-    b, hq, t, d = q.shape
+    b, hq, t, _ = q.shape
     hkv, cap = k_codes.shape[1], k_codes.shape[2]
     if hq % hkv:
         raise ValueError(f"query heads {hq} must be a multiple of KV heads {hkv}")

@@ -273,6 +273,174 @@ def run_speculative_command(
     console.print(table)
 
 
+bench_app = typer.Typer(help="End-to-end decode benchmark of the runtime, and the performance gate.")
+infer.add_typer(bench_app, name="bench")
+
+
+def _int_list(option: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise fail(f"{option}: expected comma-separated integers like 1,16,64, got {text!r}") from None
+
+
+@bench_app.callback(invoke_without_command=True)
+def bench_command(
+    ctx: typer.Context,
+    model: str | None = typer.Option(
+        None, "--model", help="llama3-8b (random weights) or bundled (default: llama3-8b on CUDA, bundled on CPU)."
+    ),
+    device: str | None = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)."),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="Compute dtype: bfloat16, float16, float32."),
+    configs: str | None = typer.Option(None, "--configs", help="Comma-separated configurations (default: all)."),
+    batch: str = typer.Option("1,16,64", "--batch", help="Comma-separated batch sizes for tokens/s."),
+    prompt_len: int = typer.Option(2048, "--prompt-len", help="Prompt tokens for TTFT and peak memory."),
+    decode_prompt_len: int = typer.Option(128, "--decode-prompt-len", help="Prompt tokens for the tokens/s runs."),
+    new_tokens: int = typer.Option(128, "--new-tokens", help="Tokens generated per run."),
+    repeats: int = typer.Option(5, "--repeats", help="Timed runs per measurement (after a warm-up)."),
+    compile_step: bool = typer.Option(
+        False, "--compile", help="torch.compile the runtime's step before capturing it (all configs alike)."
+    ),
+    layers: int | None = typer.Option(None, "--layers", help="Decoder layers of llama3-8b (fewer for smoke runs)."),
+    seed: int = typer.Option(0, "--seed"),
+    out: Path | None = typer.Option(None, "--out", help="Write the results JSON here (and .md beside it)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """TTFT, TPOT, tokens/s and peak memory per weight / KV configuration, beside HF eager generate."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import torch
+
+    from accel.tools.bench import CONFIGS, BenchSettings, markdown, run_bench, write_results
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    settings = BenchSettings(
+        model=model or ("llama3-8b" if device.startswith("cuda") else "bundled"), device=device, dtype=dtype,
+        configs=tuple(c.strip() for c in (configs or ",".join(CONFIGS)).split(",") if c.strip()),
+        batches=_int_list("--batch", batch), prompt_len=prompt_len, decode_prompt_len=decode_prompt_len,
+        new_tokens=new_tokens, repeats=repeats, layers=layers, seed=seed, compile=compile_step,
+    )
+    try:
+        settings.check()
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    data = run_bench(settings, log=lambda message: console.print(message, markup=False, highlight=False))
+    if out is not None:
+        json_path, md_path = write_results(data, out)
+        console.print(f"wrote {json_path} and {md_path}", highlight=False)
+    if as_json:
+        emit_json(data)
+    else:
+        sys.stderr.write(f"\n{data['title']}\n\n{markdown(data)}\n\n")
+    if all(row.get("error") for row in data["rows"]):
+        raise typer.Exit(1)
+
+
+@bench_app.command("gate")
+def bench_gate_command(
+    results: Path = typer.Argument(..., help="Results JSON written by `sage infer bench --out`."),
+    baseline: Path | None = typer.Option(
+        None, "--baseline", help="Baseline JSON {metric: {min|max, why}}, e.g. bench/baselines/targets.json."
+    ),
+    tolerance: float = typer.Option(0.05, "--tolerance", help="Relative slack on every bound."),
+    kernels: list[Path] = typer.Option(
+        [], "--kernels", help="Kernel results JSON (repeatable; default: kernels_*.json beside RESULTS)."
+    ),
+    write_baseline: Path | None = typer.Option(
+        None, "--write-baseline", help="Write the measured ratios as a baseline for this card, instead of gating."
+    ),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Compare the ratios of a results file with a baseline; exit 1 on any regression or missing metric."""
+    from accel.schema.io import atomic_write_text
+    from accel.tools.perf_gate import (
+        baseline_from_results,
+        check_requirements,
+        gate,
+        kernel_files,
+        load_baseline,
+        load_results,
+        results_metrics,
+    )
+
+    if (baseline is None) == (write_baseline is None):
+        raise fail("give --baseline FILE to gate, or --write-baseline FILE to record one (not both)")
+    data = load_results(results)
+    metrics = results_metrics(data, kernel_files(data, results, kernels))
+    if write_baseline is not None:
+        atomic_write_text(write_baseline, json.dumps(baseline_from_results(data, metrics), indent=2) + "\n")
+        console.print(f"wrote {write_baseline}", highlight=False)
+        return
+    requires, bounds = load_baseline(baseline)
+    mismatches = check_requirements(data, requires)
+    errors = {row["config"]: row["error"] for row in data["rows"] if row.get("error")}
+    checks = gate(metrics, bounds, tolerance, errors)
+    passed = not mismatches and all(check.status == "pass" for check in checks)
+    if as_json:
+        emit_json({"results": str(results), "baseline": str(baseline), "tolerance": tolerance, "passed": passed,
+                   "requirements": mismatches, "checks": [check.to_dict() for check in checks]})
+    else:
+        table = Table(title=f"perf gate: {results} against {baseline} (tolerance {tolerance:.0%})")
+        for column in ("metric", "status", "value", "bound", "why"):
+            table.add_column(column)
+        colour = {"pass": "green", "fail": "red", "missing": "red"}
+        for check in checks:
+            value = "" if check.value is None else f"{check.value:.4g}"
+            bound = f"{'>=' if check.bound == 'min' else '<='} {check.limit:.4g}"
+            table.add_row(check.metric, f"[{colour[check.status]}]{check.status}[/]", value, bound, check.why)
+        console.print(table)
+        for line in [*mismatches, *(c.message for c in checks if c.status == "missing")]:
+            console.print(f"[red]-[/] {line}", highlight=False)
+        console.print("[green]passed[/]" if passed else "[bold red]failed[/]")
+    if not passed:
+        raise typer.Exit(1)
+
+
+@infer.command("distill")
+def distill_command(
+    model: str | None = typer.Option(None, "--model", help="Target model id or directory (default: bundled)."),
+    layers: int = typer.Option(6, "--layers", min=1, help="Decoder layers the draft keeps."),
+    selection: str = typer.Option("first", "--layer-selection", help="first (layers 0..N-1) or strided (spread)."),
+    steps: int = typer.Option(200, "--steps", min=1, help="Optimizer steps."),
+    seq_len: int = typer.Option(128, "--seq-len", min=2, help="Tokens per training window."),
+    batch: int = typer.Option(4, "--batch", min=1, help="Windows per step."),
+    lr: float = typer.Option(5e-4, "--lr", min=0.0, help="Peak learning rate (warmup, then cosine)."),
+    warmup: int = typer.Option(10, "--warmup-steps", min=0),
+    temperature: float = typer.Option(1.0, "--temperature", min=0.0, help="Softmax temperature of the KL loss."),
+    checkpoint_every: int = typer.Option(50, "--checkpoint-every", min=1),
+    eval_tokens: int = typer.Option(4096, "--eval-tokens", min=2, help="Held-out tokens for the before/after KL."),
+    out: Path | None = typer.Option(None, "--out", help="Artifact directory (checkpoints go to OUT.checkpoints)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Distill a layer-truncated draft model from the target for speculative decoding (--draft draft_model)."""
+    from pydantic import ValidationError
+
+    from accel.schema.io import format_validation_error
+    from accel.tools.distillation import DistillationConfig, run_distill
+
+    try:
+        config = DistillationConfig(
+            num_layers=layers, layer_selection=selection, steps=steps, seq_len=seq_len, batch_size=batch, lr=lr,
+            warmup_steps=warmup, temperature=temperature, checkpoint_every=checkpoint_every, eval_tokens=eval_tokens,
+        )
+    except ValidationError as exc:
+        raise fail(format_validation_error(exc, "distill options")) from None
+    target = out or Path("accel-out") / f"{(model or 'bundled').strip('/').replace('/', '--')}-draft-{layers}l"
+    report = run_distill(config, model_name=model, out=target, resume=resume, progress=not as_json)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    table = Table(title=f"distilled {len(report.layers)} of {report.target_layers} layers of {report.target}")
+    for column in ("held-out", "before", "after"):
+        table.add_column(column, justify="right")
+    for name in ("kl", "top1_agreement", "expected_acceptance"):
+        table.add_row(name, f"{getattr(report.before, name):.4f}", f"{getattr(report.after, name):.4f}")
+    console.print(table)
+    console.print(f"steps: {report.steps}, final loss {report.final_loss:.4f}; artifact: {report.artifact} "
+                  f"(--draft draft_model --draft-model {report.artifact})", highlight=False)
+
+
 def build_app(registry: PluginRegistry) -> typer.Typer:
     """The app with every plugin's commands added to `sage infer`."""
     for error in registry.register_commands(infer):
