@@ -4,12 +4,17 @@ plugins and the device, picks the kernel backend, and keeps the statistics the r
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from accel.compat import CompatReport, check_config
 from accel.errors import UnsupportedProfileError
 from accel.plugins.registry import PluginRegistry, get_registry
-from accel.schema import AccelConfig
+from accel.schema import AccelConfig, CoTConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from accel.speculative.cot_controller import CoTResult
 
 
 class AccelController:
@@ -21,6 +26,7 @@ class AccelController:
         self._compat: CompatReport | None = None
         self._stats: dict[str, Any] = {}
         self._target: Any = None  # (model, tokenizer) for speculative decoding, loaded on first use
+        self._drafter: Any = None  # (SpeculativeConfig, DraftStrategy) built for it, reused by accelerate_cot
 
     @property
     def config(self) -> AccelConfig:
@@ -101,6 +107,32 @@ class AccelController:
         )
         self._stats.setdefault("speculative_requests", []).append(metrics.to_dict())
         return tokens
+
+    def accelerate_cot(self, input_ids: torch.Tensor, cot_config: CoTConfig | None = None) -> CoTResult:
+        """Decode a reasoning prompt `input_ids` [1, T] with CoT acceleration; returns a CoTResult.
+
+        `cot_config` (a CoTConfig) defaults to the configured cot_accel, else lossless. The configured
+        speculative strategy drafts tokens in lossless mode; a model-based one (layer_skip, self_quant,
+        draft_model) also writes the steps in step speculation. The result's summary goes into get_stats().
+        """
+        from accel.schema import SpeculativeConfig
+        from accel.speculative.cot_controller import CoTAccelController
+        from accel.tools.speculative import build_drafter
+
+        if self._target is None:
+            self.load_target()
+        model, tokenizer = self._target
+        config = cot_config or self.config.cot_accel or CoTConfig()
+        speculative = self.config.speculative or SpeculativeConfig()
+        if self._drafter is None or self._drafter[0] != speculative:
+            self._drafter = (speculative, build_drafter(self.registry, speculative, model, tokenizer))
+        drafter = self._drafter[1]
+        controller = CoTAccelController(model, tokenizer, getattr(drafter, "model", None), config,
+                                        speculative=speculative, token_drafter=drafter)
+        result = controller.generate(input_ids)
+        summary = {k: v for k, v in result.to_dict().items() if k not in ("text", "thinking_ids", "token_speculation")}
+        self._stats.setdefault("cot_requests", []).append(summary)
+        return result
 
     def get_stats(self) -> dict[str, Any]:
         """What the controller has done so far, JSON-ready: setup choices, plugins, kernels chosen."""

@@ -88,3 +88,21 @@ def test_run_speculative_decode_matches_plain_greedy(registry):
     assert torch.equal(tokens, plain)
     request = controller.get_stats()["speculative_requests"][-1]
     assert request["num_generated_tokens"] == tokens.shape[1]
+
+
+@pytest.mark.slow
+def test_accelerate_cot_caps_thinking_and_records_the_request(registry):
+    from accel.schema import CoTConfig
+
+    controller = AccelController(registry)
+    controller.setup(get_preset("spec-ngram"))
+    controller.load_target()
+    tokenizer = controller._target[1]
+    ids = tokenizer("Tom has 3 apples and buys 4 more. How many apples does he have?", return_tensors="pt")["input_ids"]
+    config = CoTConfig(mode="budget", thinking_budget=4, max_new_tokens=8, answer_tokens=4)
+    result = controller.accelerate_cot(ids, config)
+    assert result.lossy and result.thinking_tokens == 4 and result.stop_reason == "budget"
+    request = controller.get_stats()["cot_requests"][-1]
+    assert request["mode"] == "budget" and request["thinking_tokens"] == 4 and "text" not in request
+    with pytest.raises(ValueError, match="speculative.strategy to layer_skip"):
+        controller.accelerate_cot(ids, CoTConfig(mode="step_speculation"))

@@ -1,8 +1,6 @@
-"""SpeculativeConfig and CoTAccelConfig: draft-and-verify decoding and chain-of-thought acceleration."""
+"""SpeculativeConfig: draft-and-verify decoding."""
 
 from __future__ import annotations
-
-from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -42,25 +40,3 @@ class SpeculativeConfig(AccelModel):
         if self.strategy == "draft_model" and not self.draft_model:
             raise ValueError("strategy 'draft_model' needs draft_model (a model id or directory)")
         return self
-
-
-class CoTAccelConfig(AccelModel):
-    """Chain-of-thought acceleration. Only `lossless` keeps the output identical to plain decoding.
-
-    `step_speculation` lets a draft write each reasoning step and the target accept or rewrite it
-    (SpecReason); `early_exit` stops thinking when `early_exit_agreement` consecutive probed answers agree
-    (Dynasor / DEER). Both are lossy and report tokens saved and answer agreement.
-    """
-
-    mode: Literal["lossless", "step_speculation", "early_exit"] = "lossless"
-    thinking_budget: int | None = Field(default=None, ge=1)
-    step_delimiter: str = "\n\n"
-    step_accept_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
-    probe_interval: int = Field(default=32, ge=1)
-    early_exit_agreement: int = Field(default=2, ge=1)
-    answer_prompt: str = "\nFinal answer:"
-    max_step_tokens: int = Field(default=128, ge=1)
-
-    @property
-    def lossy(self) -> bool:
-        return self.mode != "lossless"

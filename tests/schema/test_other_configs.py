@@ -94,7 +94,7 @@ def test_accel_config_yaml_round_trip():
         quantization=QuantizationProfile(weight_bits=4, method="gptq"),
         sparsity=SparsityConfig(pattern="2:4", method="sparsegpt"),
         speculative=SpeculativeConfig(),
-        cot_accel=CoTAccelConfig(mode="early_exit", thinking_budget=512),
+        cot_accel=CoTAccelConfig(mode="early_exit+budget", thinking_budget=128),
         metadata={"owner": "team"},
     )
     for fmt in ("yaml", "json"):
