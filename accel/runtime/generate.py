@@ -6,7 +6,8 @@ One request's path (gpt-fast's generate.py, batched):
 2. decode: each step feeds the B tokens just sampled ([B, 1]) at each row's own next position, appends their
    K/V and gives the next logits. Shapes and buffers are the same every step and nothing reads back to the
    host, so on CUDA the step is captured once per batch size in a CUDA graph (after warm-up on a side stream;
-   optionally torch.compile'd first) and each step is one replay.
+   optionally torch.compile'd first) and each step is one replay. Speculative decoding's verification step
+   (T = k + 1 tokens per row, `step`) is captured the same way for the widths named in `step_widths`.
 3. sampling: greedy is argmax; otherwise p = softmax(logits / temperature) limited to the top_k tokens and to
    the smallest set of tokens whose probability reaches top_p, and token = argmax(p / E) with E ~ Exp(1),
    which draws token i with probability p_i (the exponential race, as gpt-fast samples without a host sync).
@@ -92,7 +93,8 @@ class GenerationResult:
 
 @dataclass
 class _CapturedStep:
-    """One batch size's decode step in a CUDA graph: static input tokens [B, 1] and outputs."""
+    """One (batch size, width T) step in a CUDA graph: static input tokens [B, T], logits [B, T, vocab] and
+    greedy tokens [B, T]."""
 
     graph: torch.cuda.CUDAGraph
     tokens: torch.Tensor
@@ -105,6 +107,8 @@ class Generator:
 
     cuda_graphs (default: on for CUDA) captures the decode step per batch size; compile=True runs
     torch.compile(mode="max-autotune-no-cudagraphs") on the step first. On CPU the step runs eagerly.
+    step_widths: widths T > 1 whose `step` is captured too (one graph per batch size and width, at the batch's
+    first prefill), for speculative verification of k drafts (T = k + 1); other widths run eagerly.
     """
 
     def __init__(
@@ -116,7 +120,10 @@ class Generator:
         kv_format: str | None = None,
         cuda_graphs: bool | None = None,
         compile: bool = False,
+        step_widths: Sequence[int] = (),
     ) -> None:
+        if any(width < 2 for width in step_widths):
+            raise ValueError(f"step_widths are widths T > 1 to capture besides decode (T = 1), got {list(step_widths)}")
         self.model = model
         device = model.device
         if cuda_graphs and device.type != "cuda":
@@ -124,10 +131,18 @@ class Generator:
         self.cuda_graphs = device.type == "cuda" if cuda_graphs is None else cuda_graphs
         max_seq = max_seq or min(DEFAULT_MAX_SEQ, model.args.max_position_embeddings)
         self.cache: StaticKVCache = model.new_cache(max_batch, max_seq, kv_format)
-        self._step = self._decode_last
+        self._step = self._forward
         if compile:
-            self._step = torch.compile(self._decode_last, mode="max-autotune-no-cudagraphs", dynamic=False)
-        self._graphs: dict[int, _CapturedStep] = {}
+            # The backends' kernels are opaque to dynamo (graph breaks), so the step compiles as one frame per
+            # stretch between kernels, and each resumed frame specializes on its layer index: allow one per layer.
+            limit = 4 * model.args.num_layers + 16
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, limit)
+            torch._dynamo.config.accumulated_cache_size_limit = max(
+                torch._dynamo.config.accumulated_cache_size_limit, 4 * limit
+            )
+            self._step = torch.compile(self._forward, mode="max-autotune-no-cudagraphs", dynamic=False)
+        self.step_widths = tuple(sorted(set(step_widths)))
+        self._graphs: dict[tuple[int, int], _CapturedStep] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self._lengths: list[int] = []
 
@@ -146,16 +161,22 @@ class Generator:
 
     # ------------------------------------------------------------------------------------------ steps
 
-    def _decode_last(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The decode step that is captured: tokens [B, 1] -> (logits [B, vocab], greedy tokens [B])."""
-        logits = self.model.decode(tokens, self.cache)[:, -1]
+    def _forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step that is captured: tokens [B, T] -> (logits [B, T, vocab], greedy tokens [B, T])."""
+        logits = self.model.decode(tokens, self.cache)
         return logits, logits.argmax(dim=-1)
 
-    def _capture(self, batch: int) -> _CapturedStep:
-        """Warm the step up on a side stream, then capture it. Warm-up steps write K/V at position 0 of the
-        first `batch` rows, so this runs before those rows are prefilled."""
+    def _capture_all(self, batch: int) -> None:
+        """Capture the decode step and every step width for `batch` rows, those not captured yet."""
+        for width in (1, *self.step_widths):
+            if (batch, width) not in self._graphs:
+                self._graphs[batch, width] = self._capture(batch, width)
+
+    def _capture(self, batch: int, width: int) -> _CapturedStep:
+        """Warm the step up on a side stream, then capture it. Warm-up steps write K/V at positions 0 .. width - 1
+        of the first `batch` rows, so this runs before those rows are prefilled."""
         cache = self.cache.rows(batch)
-        tokens = torch.zeros(batch, 1, dtype=torch.long, device=self.model.device)
+        tokens = torch.zeros(batch, width, dtype=torch.long, device=self.model.device)
         stream = torch.cuda.Stream(device=self.model.device)
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -169,15 +190,22 @@ class Generator:
             logits, greedy = self._step(tokens)
         return _CapturedStep(graph, tokens, logits, greedy)
 
+    def _run(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step for tokens [B, T] (any device): (logits [B, T, vocab], greedy [B, T]), a captured graph's
+        replay where there is one (its outputs are overwritten by its next replay), else eager."""
+        # non_blocking: a pageable host source is staged before the copy call returns, so no stream sync is needed.
+        captured = self._graphs.get(tuple(tokens.shape))
+        if captured is None:
+            return self._step(tokens.to(self.model.device, non_blocking=True))
+        captured.tokens.copy_(tokens, non_blocking=True)
+        captured.graph.replay()
+        return captured.logits, captured.greedy
+
     def _decode(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One decode step for tokens [B]: (logits [B, vocab], greedy [B]); graph outputs are overwritten by
         the next step."""
-        captured = self._graphs.get(tokens.shape[0])
-        if captured is None:
-            return self._step(tokens[:, None])
-        captured.tokens[:, 0].copy_(tokens)
-        captured.graph.replay()
-        return captured.logits, captured.greedy
+        logits, greedy = self._run(tokens[:, None])
+        return logits[:, 0], greedy[:, 0]
 
     # ------------------------------------------------------------------------------------------ checks
 
@@ -210,8 +238,8 @@ class Generator:
         return the logits after each prompt's last token [B, vocab]."""
         self._check_prompts(prompts, 0)
         batch = len(prompts)
-        if self.cuda_graphs and batch not in self._graphs:
-            self._graphs[batch] = self._capture(batch)
+        if self.cuda_graphs:
+            self._capture_all(batch)
         width = max(len(prompt) for prompt in prompts)
         padded = [list(prompt) + [0] * (width - len(prompt)) for prompt in prompts]
         device = self.model.device
@@ -224,7 +252,14 @@ class Generator:
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed tokens [B, T] after what each row of the current batch holds; logits [B, T, vocab].
-        T = 1 replays the captured graph where there is one; T > 1 (speculative verification) runs eagerly."""
+        T = 1 and the `step_widths` replay their captured graphs where there are some; other widths run eagerly."""
+        logits, _ = self.step_buffers(tokens)
+        return logits.clone()  # a graph's output buffer is overwritten by its next replay: hand back a copy
+
+    def step_buffers(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`step` without the copy, plus the argmax: (logits [B, T, vocab], greedy tokens [B, T]). With a captured
+        graph both are its output buffers, valid until that graph's next replay. Nothing waits for the device:
+        `tokens` may live on the host or on the device (e.g. a draft model's output)."""
         if tokens.ndim != 2 or tokens.shape[0] != len(self._lengths):
             raise ValueError(
                 f"tokens must be [batch, T] with batch {len(self._lengths)} (the rows of the last prefill), got "
@@ -235,12 +270,10 @@ class Generator:
             raise ValueError(
                 f"{t} more tokens would take a row past max_seq {self.max_seq} (row lengths {self._lengths})"
             )
-        tokens = tokens.to(self.model.device, torch.long)
         with torch.no_grad():
-            # A graph's output buffer is overwritten by the next replay: hand back a copy.
-            logits = self._decode(tokens[:, 0])[0][:, None].clone() if t == 1 else self.model.decode(tokens, self.cache)
+            outputs = self._run(tokens.long())
         self._lengths = [length + t for length in self._lengths]
-        return logits
+        return outputs
 
     def rewind(self, lengths: Sequence[int]) -> None:
         """Shorten rows to `lengths` tokens (dropping rejected draft tokens); later steps overwrite the rest."""
@@ -248,7 +281,8 @@ class Generator:
             not 1 <= new <= old for new, old in zip(lengths, self._lengths, strict=True)
         ):
             raise ValueError(f"lengths {list(lengths)} must give each row 1 .. its current length {self._lengths}")
-        self.cache.rows(len(lengths)).seq_lens.copy_(torch.tensor(list(lengths), dtype=torch.int32))
+        seq_lens = torch.tensor(list(lengths), dtype=torch.int32)
+        self.cache.rows(len(lengths)).seq_lens.copy_(seq_lens, non_blocking=True)  # staged at once: no sync
         self._lengths = list(lengths)
 
     def generate(
@@ -274,8 +308,8 @@ class Generator:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         self._check_prompts(prompts, max_new_tokens)
         batch, device = len(prompts), self.model.device
-        if self.cuda_graphs and batch not in self._graphs:
-            self._graphs[batch] = self._capture(batch)  # before the clock starts: capture is set-up, not TTFT
+        if self.cuda_graphs:
+            self._capture_all(batch)  # before the clock starts: capture is set-up, not TTFT
         generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
         eos_ids = None if eos is None else torch.tensor([eos] if isinstance(eos, int) else list(eos), device=device)
 

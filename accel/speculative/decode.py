@@ -26,6 +26,33 @@ from accel.speculative.metrics import RequestMetrics
 from accel.speculative.verifier import SamplingParams, next_token, verify
 
 
+class DraftSchedule:
+    """One request's draft length k and kill switch, as the module docstring describes; shared by every
+    draft-verify loop (this module's and accel.speculative.runtime_decode's)."""
+
+    def __init__(self, config: SpeculativeConfig) -> None:
+        self.config = config
+        self.k = config.num_speculative_tokens
+        if config.dynamic_draft_length:
+            self.k = min(max(self.k, config.min_speculative_tokens), config.max_speculative_tokens)
+        self.speculating = config.enabled
+        self._window: deque[tuple[int, int]] = deque(maxlen=config.acceptance_window)
+
+    def record(self, accepted: int, drafted: int) -> bool:
+        """After a draft step that kept `accepted` of `drafted` (> 0) tokens: adapt k, and return True when the
+        kill switch turns speculation off now (the caller counts a fallback)."""
+        config = self.config
+        if config.dynamic_draft_length:
+            grown = min(self.k + 1, config.max_speculative_tokens)
+            self.k = grown if accepted == drafted else max(self.k - 1, config.min_speculative_tokens)
+        self._window.append((accepted, drafted))
+        rolling = sum(a for a, _ in self._window) / sum(d for _, d in self._window)
+        if self.speculating and len(self._window) == self._window.maxlen and rolling < config.min_acceptance_rate:
+            self.speculating = False
+            return True
+        return False
+
+
 def _logits(model: PreTrainedModel, ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
     """Logits [B, n, V] (float32, CPU) for `ids` [B, n], appending their keys and values to `cache`."""
     device = next(model.parameters()).device
@@ -102,16 +129,11 @@ def speculative_generate(
     if len(sequence) > 1:
         _logits(target, input_ids[:, :-1], cache)
     metrics.verify_seconds = time.perf_counter() - start
-    low, high = config.min_speculative_tokens, config.max_speculative_tokens
-    k = config.num_speculative_tokens
-    if config.dynamic_draft_length:
-        k = min(max(k, low), high)
-    window: deque[tuple[int, int]] = deque(maxlen=config.acceptance_window)
-    speculating = config.enabled
+    schedule = DraftSchedule(config)
     generated: list[int] = []
     while len(generated) < max_new_tokens and (eos_token_id is None or eos_token_id not in generated):
         step_start = time.perf_counter()
-        wanted = min(k, max_new_tokens - len(generated) - 1) if speculating else 0
+        wanted = min(schedule.k, max_new_tokens - len(generated) - 1) if schedule.speculating else 0
         draft = drafter.propose(sequence, wanted) if wanted > 0 else None
         draft_tokens = draft.tokens.cpu() if draft is not None else sequence.new_empty(0)
         verify_start = time.perf_counter()
@@ -130,12 +152,7 @@ def speculative_generate(
         sequence = torch.cat([sequence, torch.tensor(emitted, dtype=sequence.dtype)])
         if drafted == 0:
             continue
-        if config.dynamic_draft_length:
-            k = min(k + 1, high) if result.all_accepted else max(k - 1, low)
-        window.append((result.accepted, drafted))
-        rolling = sum(a for a, _ in window) / sum(d for _, d in window)
-        if len(window) == window.maxlen and rolling < config.min_acceptance_rate:
-            speculating = False
+        if schedule.record(result.accepted, drafted):
             metrics.num_fallbacks += 1
     metrics.num_generated_tokens = len(generated)
     metrics.seconds = time.perf_counter() - start

@@ -183,4 +183,4 @@ def test_cuda_graph_decode_equals_eager(kv_format: str, quant: str) -> None:
     graphed = Generator(model, max_batch=4, max_seq=64, cuda_graphs=True)
     for batch in (3, 1, 3):  # a graph per batch size; the third run replays the first graph on reused rows
         assert graphed.generate(prompts[:batch], 16).tokens == expected[batch], batch
-    assert sorted(graphed._graphs) == [1, 3]
+    assert sorted(graphed._graphs) == [(1, 1), (3, 1)]  # (batch, step width)
