@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 import triton
 from common import environment, write_results
+from gpu_timing import copy_bandwidth, rel_err
+from gpu_timing import graph_us as _graph_us
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from triton.testing import do_bench
 
 from accel.runtime.kv_ops import KV_FORMATS, cached_attention, kv_quantize, kv_token_bytes
 
@@ -38,32 +39,8 @@ CALLS = 8
 
 
 def graph_us(calls: list[Callable[[], object]], quick: bool = False) -> float:
-    """Microseconds per call: the calls (cycled to at least CALLS) in one CUDA graph, replays timed by do_bench."""
-    calls = [calls[i % len(calls)] for i in range(max(CALLS, len(calls)))]
-    for call in calls:  # compile and warm up outside the capture
-        call()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for call in calls:
-            call()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for call in calls:
-            call()
-    warmup, rep = (5, 30) if quick else (10, 100)
-    ms = do_bench(graph.replay, warmup=warmup, rep=rep, return_mode="median")
-    del graph
-    return ms * 1e3 / len(calls)
-
-
-def copy_bandwidth() -> float:
-    """Device-to-device copy, bytes read + written per second (TB/s), 1 GiB each way."""
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    ms = do_bench(lambda: dst.copy_(src), return_mode="median")
-    return 2 * src.numel() / (ms * 1e-3) / 1e12
+    """Microseconds per call over CALLS calls in a graph (gpu_timing.graph_us)."""
+    return _graph_us(calls, CALLS, quick)
 
 
 def call_bytes(fmt: str, batch: int, context: int) -> int:
@@ -83,10 +60,6 @@ def make_cache(fmt: str, batch: int, context: int, seed: int) -> list[torch.Tens
 
 def sets_for(fmt: str, batch: int, context: int, l2_bytes: int) -> int:
     return max(2, min(64, math.ceil(3 * l2_bytes / call_bytes(fmt, batch, context))))
-
-
-def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((got.double() - ref.double()).norm() / ref.double().norm())
 
 
 def sweep_configs(plan_cfg):

@@ -28,7 +28,8 @@ from collections.abc import Callable
 import torch
 import triton
 from common import environment, write_results
-from triton.testing import do_bench
+from gpu_timing import copy_bandwidth, host_us, rel_err
+from gpu_timing import graph_us as _graph_us
 
 from accel.runtime.packing import pack_int32
 
@@ -62,48 +63,8 @@ def torch_int4(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None):
 
 
 def graph_us(calls: list[Callable[[], object]], quick: bool = False) -> float:
-    """Microseconds per call: the calls (cycled to CALLS) captured in one CUDA graph, replay timed by do_bench."""
-    calls = [calls[i % len(calls)] for i in range(CALLS)]
-    for call in calls:  # compile and warm up outside the capture
-        call()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for call in calls:
-            call()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for call in calls:
-            call()
-    warmup, rep = (5, 30) if quick else (25, 200)
-    ms = do_bench(graph.replay, warmup=warmup, rep=rep, return_mode="median")
-    del graph
-    return ms * 1e3 / len(calls)
-
-
-def host_us(call: Callable[[], object], n: int = 200) -> float:
-    """Host time to enqueue one call (eager, no graph), microseconds."""
-    call()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(n):
-        call()
-    elapsed = time.perf_counter() - start
-    torch.cuda.synchronize()
-    return elapsed / n * 1e6
-
-
-def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((got.float() - ref.float()).norm() / ref.float().norm())
-
-
-def copy_bandwidth() -> float:
-    """Device-to-device copy, bytes read + written per second (TB/s), 1 GiB each way."""
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    ms = do_bench(lambda: dst.copy_(src), return_mode="median")
-    return 2 * src.numel() / (ms * 1e-3) / 1e12
+    """Microseconds per call over CALLS calls in a graph (gpu_timing.graph_us, 200 ms of replays)."""
+    return _graph_us(calls, CALLS, quick, rep_ms=200)
 
 
 def floor_us(n: int, k: int, m: int, bw_tbps: float, zp: bool) -> float:

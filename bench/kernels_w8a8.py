@@ -25,7 +25,8 @@ from collections.abc import Callable
 import torch
 import triton
 from common import environment, write_results
-from triton.testing import do_bench
+from gpu_timing import graph_us as _graph_us
+from gpu_timing import rel_err
 
 from accel.quantization.weight_quant import WeightQuantArgs, quantize
 
@@ -36,24 +37,8 @@ CALLS = 6
 
 
 def graph_us(calls: list[Callable[[], object]], quick: bool = False) -> float:
-    """Microseconds per call: the calls (cycled to CALLS) captured in one CUDA graph, replay timed by do_bench."""
-    calls = [calls[i % len(calls)] for i in range(CALLS)]
-    for call in calls:
-        call()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for call in calls:
-            call()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for call in calls:
-            call()
-    warmup, rep = (5, 30) if quick else (10, 100)
-    ms = do_bench(graph.replay, warmup=warmup, rep=rep, return_mode="median")
-    del graph
-    return ms * 1e3 / len(calls)
+    """Microseconds per call over CALLS calls in a graph (gpu_timing.graph_us)."""
+    return _graph_us(calls, CALLS, quick)
 
 
 def make_weights(n: int, k: int, seed: int):
@@ -63,10 +48,6 @@ def make_weights(n: int, k: int, seed: int):
     q8 = quantize(weight, WeightQuantArgs(num_bits=8, strategy="channel"))
     f8 = quantize(weight, WeightQuantArgs(num_bits=8, strategy="channel", type="float"))
     return weight.to(torch.bfloat16), q8.q, q8.scale, f8.q, f8.scale
-
-
-def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((got.float() - ref.float()).norm() / ref.float().norm())
 
 
 def paths(m: int, n: int, k: int):
