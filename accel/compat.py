@@ -64,6 +64,13 @@ def plugin_reasons(config: AccelConfig, registry: PluginRegistry) -> list[str]:
     for pattern in sorted(patterns - {"none"}):
         if not any(spec.handles(pattern) for spec in registry.sparse_formats().values()):
             reasons.append(f"no loaded sparse format handles pattern {pattern!r}")
+    sparsity = config.sparsity
+    if sparsity is not None and sparsity.method not in registry.pruning_methods():
+        known = ", ".join(sorted(registry.pruning_methods()))
+        reasons.append(
+            f"sparsity.method {sparsity.method!r} is not available (pruning methods: {known}); "
+            "wanda and sparsegpt come with pip install accel-sparsegpt"
+        )
     spec_cfg = config.speculative
     if spec_cfg is not None and spec_cfg.enabled and spec_cfg.strategy not in registry.draft_strategies():
         known = ", ".join(sorted(registry.draft_strategies()))

@@ -8,6 +8,7 @@ from accel.plugins.records import (
     KernelBackendSpec,
     KernelChoice,
     PluginInfo,
+    PruningMethodSpec,
     QuantMethodSpec,
     SparseFormatSpec,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "PluginInfo",
     "PluginPolicy",
     "PluginRegistry",
+    "PruningMethodSpec",
     "QuantMethodSpec",
     "SparseFormatSpec",
     "get_registry",

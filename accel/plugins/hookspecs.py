@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         DraftStrategySpec,
         KernelBackendSpec,
         KernelChoice,
+        PruningMethodSpec,
         QuantMethodSpec,
         SparseFormatSpec,
     )
@@ -36,6 +37,11 @@ def accel_register_quant_methods() -> list[QuantMethodSpec]:
 @hookspec
 def accel_register_sparse_formats() -> list[SparseFormatSpec]:
     """Sparsity formats this plugin provides: how a mask is chosen from scores and checked."""
+
+
+@hookspec
+def accel_register_pruning_methods() -> list[PruningMethodSpec]:
+    """Pruning criteria this plugin provides (magnitude, Wanda, SparseGPT): how a weight's mask is chosen."""
 
 
 @hookspec

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from accel.quantization.method import QuantMethod
     from accel.schema import CapabilityDescriptor
+    from accel.sparsity.method import PruningMethod
     from accel.speculative.draft import DraftStrategy
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_\-:.]*$")
@@ -54,6 +55,19 @@ class SparseFormatSpec:
     select: Callable[[torch.Tensor, str, float, tuple[int, int]], torch.Tensor]
     violations: Callable[[torch.Tensor, str, tuple[int, int]], list[str]]
     kind: str = "sparse_format"
+
+
+@dataclass(frozen=True)
+class PruningMethodSpec:
+    """A pruning criterion (magnitude, Wanda, SparseGPT). `factory(config)` builds it; it picks each weight's mask
+    through a registered sparse format and may update the weights it keeps. `config_model` holds its settings."""
+
+    name: str
+    description: str
+    factory: Callable[[BaseModel], PruningMethod]
+    config_model: type[BaseModel] = EmptyConfig
+    requires_calibration: bool = False
+    kind: str = "pruning_method"
 
 
 @dataclass(frozen=True)
@@ -106,7 +120,7 @@ def _qualname(fn: Callable[..., Any]) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
-Record = QuantMethodSpec | SparseFormatSpec | DraftStrategySpec | KernelBackendSpec
+Record = QuantMethodSpec | SparseFormatSpec | PruningMethodSpec | DraftStrategySpec | KernelBackendSpec
 PluginStatus = Literal["loaded", "failed", "disabled"]
 
 

@@ -29,6 +29,7 @@ from accel.plugins.records import (
     KernelBackendSpec,
     KernelChoice,
     PluginInfo,
+    PruningMethodSpec,
     QuantMethodSpec,
     Record,
     SparseFormatSpec,
@@ -51,6 +52,7 @@ BUILTIN_MODULES: dict[str, str] = {
 REGISTRATION_HOOKS: dict[str, tuple[type, str]] = {
     "accel_register_quant_methods": (QuantMethodSpec, "quant_method"),
     "accel_register_sparse_formats": (SparseFormatSpec, "sparse_format"),
+    "accel_register_pruning_methods": (PruningMethodSpec, "pruning_method"),
     "accel_register_draft_strategies": (DraftStrategySpec, "draft_strategy"),
     "accel_register_kernel_backends": (KernelBackendSpec, "kernel_backend"),
 }
@@ -88,6 +90,9 @@ class PluginRegistry:
     def sparse_formats(self) -> dict[str, SparseFormatSpec]:
         return self._records("sparse_format", SparseFormatSpec)
 
+    def pruning_methods(self) -> dict[str, PruningMethodSpec]:
+        return self._records("pruning_method", PruningMethodSpec)
+
     def draft_strategies(self) -> dict[str, DraftStrategySpec]:
         return self._records("draft_strategy", DraftStrategySpec)
 
@@ -96,6 +101,9 @@ class PluginRegistry:
 
     def quant_method(self, name: str) -> QuantMethodSpec:
         return self._lookup("quant_method", name, QuantMethodSpec)
+
+    def pruning_method(self, name: str) -> PruningMethodSpec:
+        return self._lookup("pruning_method", name, PruningMethodSpec)
 
     def draft_strategy(self, name: str) -> DraftStrategySpec:
         return self._lookup("draft_strategy", name, DraftStrategySpec)

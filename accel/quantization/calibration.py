@@ -2,7 +2,8 @@
 
 Sources: the bundled corpus's calibration split (default), a .txt or .jsonl file, or a `datasets` name.
 An InputObserver accumulates, over every calibration token x (a row of the layer input):
-    H = (1/N) sum x x^T   (only when a method needs it: GPTQ),   max |x_j|,   and a uniform sample of rows.
+    H = (1/N) sum x x^T   (only when a method needs it: GPTQ, SparseGPT),   max |x_j|,   sum x_j^2 (Wanda's
+    ||X_j||_2),   and a uniform sample of rows.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class InputObserver:
     def __init__(self, in_features: int, *, hessian: bool, max_rows: int, expected_batches: int) -> None:
         self.hessian = torch.zeros(in_features, in_features, dtype=torch.float64) if hessian else None
         self.absmax = torch.zeros(in_features, dtype=torch.float32)
+        self.square_sum = torch.zeros(in_features, dtype=torch.float64)
         self.rows: list[torch.Tensor] = []
         self.rows_per_batch = math.ceil(max_rows / max(expected_batches, 1))
         self.max_rows = max_rows
@@ -50,16 +52,18 @@ class InputObserver:
         rows = x.detach().reshape(-1, x.shape[-1]).float()  # [tokens, in]
         self.count += rows.shape[0]
         self.absmax = torch.maximum(self.absmax, rows.abs().amax(dim=0))
+        self.square_sum += rows.square().sum(dim=0).double()
         if self.hessian is not None:
             self.hessian += (rows.T @ rows).double()  # sum x x^T; float32 matmul, float64 accumulation
         take = torch.randperm(rows.shape[0], generator=self.generator)[: self.rows_per_batch]
         self.rows.append(rows[take].clone())
 
     def stats(self) -> LinearStats:
-        """H = (1/N) sum x x^T (float32), a sample of at most max_rows input rows, N."""
+        """H = (1/N) sum x x^T (float32), a sample of at most max_rows input rows, N, ||X_j||_2."""
         hessian = None if self.hessian is None else (self.hessian / max(self.count, 1)).float()
         inputs = torch.cat(self.rows)[: self.max_rows] if self.rows else None
-        return LinearStats(hessian=hessian, inputs=inputs, num_tokens=self.count)
+        norms = self.square_sum.sqrt().float()
+        return LinearStats(hessian=hessian, inputs=inputs, num_tokens=self.count, channel_norms=norms)
 
 
 def scale_stats(stats: LinearStats, s: torch.Tensor) -> LinearStats:
@@ -67,4 +71,5 @@ def scale_stats(stats: LinearStats, s: torch.Tensor) -> LinearStats:
     inv = (1.0 / s).float()
     hessian = None if stats.hessian is None else stats.hessian * inv[:, None] * inv[None, :]
     inputs = None if stats.inputs is None else stats.inputs * inv
-    return LinearStats(hessian=hessian, inputs=inputs, num_tokens=stats.num_tokens)
+    norms = None if stats.channel_norms is None else stats.channel_norms * inv
+    return LinearStats(hessian=hessian, inputs=inputs, num_tokens=stats.num_tokens, channel_norms=norms)

@@ -23,11 +23,16 @@ class LinearStats:
 
     hessian: H = (1/N) sum_n x_n x_n^T over the N calibration tokens, [in, in] (GPTQ, SparseGPT).
     inputs: a sample of input rows [n, in] (AWQ's searches, SmoothQuant's ranges).
+    channel_norms: ||X_j||_2 = sqrt(sum_n x_nj^2) over all N tokens, [in] (Wanda's importance |W_ij| ||X_j||_2).
+    keep: the weight's sparsity mask [out, in] (True = kept) when a pruned model is quantized; a method that
+    moves weights (GPTQ's error compensation) must give dropped weights the zero code, so zeros stay zeros.
     """
 
     hessian: torch.Tensor | None = None
     inputs: torch.Tensor | None = None
     num_tokens: int = 0
+    channel_norms: torch.Tensor | None = None
+    keep: torch.Tensor | None = None
 
 
 @dataclass

@@ -6,6 +6,9 @@ For each decoder layer, with the inputs that the already-quantized layers before
 3. quantize every linear with its (smoothed) input statistics and swap in a QuantLinear;
 4. run the quantized layer to produce the next layer's inputs (errors propagate, as in GPTQ's pipeline).
 Peak memory stays near one layer's activations for the calibration set plus the model.
+
+A profile with a sparsity_pattern quantizes a pruned model and keeps its mask: the zeros of each weight are passed
+to the method (LinearStats.keep) and their codes are then set to the zero code, so they dequantize to exactly 0.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import contextlib
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -27,7 +30,7 @@ from accel.quantization.activation_quant import ActivationQuantArgs
 from accel.quantization.calibration import InputObserver, calibration_data, scale_stats
 from accel.quantization.method import LinearStats, QuantMethod, SmoothGroup
 from accel.quantization.qlinear import QuantLinear
-from accel.quantization.weight_quant import QuantizedWeight
+from accel.quantization.weight_quant import QuantizedWeight, zero_dropped
 from accel.runtime.mixed_precision import LayerScheme, resolve_scheme
 from accel.schema import QuantizationProfile
 
@@ -58,7 +61,7 @@ class QuantizationResult:
     peak_rss_bytes: int = 0
 
 
-def _groups(layer: nn.Module) -> list[tuple[str | None, tuple[str, ...]]]:
+def linear_groups(layer: nn.Module) -> list[tuple[str | None, tuple[str, ...]]]:
     """Input-sharing linear groups of a decoder layer (Llama layout, else each linear alone)."""
     names = {name for name, module in layer.named_modules() if isinstance(module, nn.Linear)}
     llama = {linear for _, linears in LLAMA_GROUPS for linear in linears}
@@ -133,7 +136,7 @@ class _LayerQuantizer:
         self, prefix: str, layer: nn.Module, run: Any, hidden: list[torch.Tensor]
     ) -> None:
         """Steps 1-3 of the module docstring for one decoder layer; `run` re-runs it on `hidden`."""
-        groups = _groups(layer)
+        groups = linear_groups(layer)
         schemes = {
             name: scheme
             for _, linears in groups
@@ -208,8 +211,14 @@ class _LayerQuantizer:
         """Quantize `layer.<name>` with `scheme` and put a QuantLinear in its place."""
         linear = layer.get_submodule(name)
         weight = linear.weight.data.float()
+        keep = weight != 0 if self.profile.sparsity_pattern != "none" else None
+        if keep is not None:
+            stats = replace(stats, keep=keep) if stats is not None else LinearStats(keep=keep)
         qweight = self.method(scheme.method).quantize_weight(weight, scheme.args, stats)
         qweight.scale = qweight.scale.to(SCALE_DTYPE)
+        zeros_restored = None
+        if keep is not None:
+            qweight, zeros_restored = zero_dropped(qweight, keep)
         input_scale = None
         if self.act_args is not None and not self.act_args.dynamic and absmax is not None:
             input_scale = (absmax.amax().clamp_min(1e-12) / self.act_args.qmax).reshape(1).to(torch.float32)
@@ -222,6 +231,9 @@ class _LayerQuantizer:
             "activations": None if self.act_args is None else f"{self.act_args.type}{self.act_args.num_bits}",
             "output_error": _output_error(weight, qweight, None if stats is None else stats.inputs),
         })
+        if zeros_restored is not None:
+            # Dropped weights the method gave a non-zero code (0 for methods that honour LinearStats.keep).
+            self.result.layers[f"{prefix}.{name}".lstrip(".")]["zeros_restored"] = zeros_restored
 
 
 def _calibration_needed(model: PreTrainedModel, worker: _LayerQuantizer) -> bool:
@@ -255,7 +267,7 @@ def _quantize_head(model: PreTrainedModel, worker: _LayerQuantizer, hidden: list
     worker.swap_module(model, "", "lm_head", scheme, stats, None)
 
 
-def _capture_first_layer_inputs(
+def capture_first_layer_inputs(
     model: PreTrainedModel, batches: list[torch.Tensor]
 ) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
     """Run the model up to its first decoder layer for each batch; keep that layer's inputs and kwargs."""
@@ -311,7 +323,7 @@ def _calibrated_layers(
     """Steps 1-4 of the module docstring for every decoder layer; returns the last layer's outputs."""
     profile = worker.profile
     kv_qmax = 448.0 if profile.kv_type == "float" else 127.0
-    hidden, kwargs_list = _capture_first_layer_inputs(model, batches)
+    hidden, kwargs_list = capture_first_layer_inputs(model, batches)
     layers = model.model.layers
     for index in tqdm(range(len(layers)), desc="quantize", unit="layer", disable=not progress, file=sys.stderr):
         layer, prefix = layers[index], f"model.layers.{index}"

@@ -15,7 +15,7 @@ q = fp8(clamp(w / s, -448, 448)), w^ = q * s.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -185,3 +185,20 @@ def dequantize(
 def fake_quantize(weight: torch.Tensor, args: WeightQuantArgs) -> torch.Tensor:
     """Quantize then dequantize, in the weight's dtype (what the model computes with after RTN)."""
     return quantize(weight, args).dequantize(weight.dtype)
+
+
+def zero_dropped(qweight: QuantizedWeight, keep: torch.Tensor) -> tuple[QuantizedWeight, int]:
+    """Give every dropped weight (keep False) the zero code, so it dequantizes to exactly 0: (q - zp) * s with
+    q = zp (asymmetric), q = 0 (symmetric, fp8). Returns the weight and how many codes had to change (0 when the
+    method honoured LinearStats.keep)."""
+    q, drop = qweight.q, ~keep.to(torch.bool)
+    if qweight.args.is_fp8:
+        raw = q.view(torch.uint8)  # fp8 e4m3 +0.0 is the all-zero byte
+        changed = int((q.float()[drop] != 0).sum())  # -0.0 already dequantizes to 0
+        return replace(qweight, q=raw.masked_fill(drop, 0).view(FP8_DTYPE)), changed
+    zero = torch.zeros_like(q)
+    if qweight.zero_point is not None:
+        zero = expand_to_columns(qweight.zero_point, qweight.args, q.shape[1], qweight.g_idx).to(q.dtype)
+        zero = zero.expand_as(q)
+    changed = int((q[drop] != zero[drop]).sum())
+    return replace(qweight, q=torch.where(drop, zero, q)), changed

@@ -16,6 +16,10 @@ Per quantized Linear <m> (compressed-tensors' conventions: q = clamp(round(w/s) 
                      int32 [in] (act-order); <m>.input_scale [1] (static activations); <m>.bias
     KV cache         <attn>.k_scale, <attn>.v_scale [1], described by kv_cache_scheme
 
+A pruned model keeps its dense-with-zeros weights above, loadable everywhere, and adds accel's compact sparse form
+(bitmask, N:M values + indices, block list) in accel-sparsity/compact.safetensors, described by the manifest's
+`sparsity` entry (accel.sparsity.storage has the layouts); loading refuses a mask that breaks its declared pattern.
+
 compressed-tensors needs whole groups (in % group_size == 0). A group size g that does not divide every input
 size (g128 on SmolLM2's 576-wide inputs) is stored with group size g_s = gcd(g, all input sizes of the scheme)
 and each scale and zero point repeated g / g_s times: the same dequantized weight, readable by every
@@ -56,6 +60,7 @@ from accel.quantization.qlinear import QuantLinear
 from accel.quantization.weight_quant import QuantizedWeight, WeightQuantArgs
 from accel.runtime.packing import pack_int32, unpack_int32
 from accel.schema import AccelConfig
+from accel.sparsity.storage import SPARSE_FILE, read_sparse_layers, sparse_artifact
 
 __all__ = [
     "MANIFEST_NAME",
@@ -313,9 +318,11 @@ def write_artifact(
     dtype: torch.dtype,
     overwrite: bool,
     untie_embeddings: bool = False,
+    extra_files: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> ArtifactInfo:
     """The shared writer (compressed-tensors artifacts and the exporters): config.json, model.safetensors,
-    tokenizer and generation config, then the manifest with every file's sha256 and size; atomically."""
+    tokenizer and generation config, `extra_files` (relative path -> tensors, more safetensors files such as the
+    compact sparse form), then the manifest with every file's sha256 and size; atomically."""
     for key in ("layer_choices", "kernel_meta"):
         try:
             json.dumps(manifest.get(key))
@@ -336,6 +343,10 @@ def write_artifact(
         config.save_pretrained(staging)
         cpu = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
         safetensors.torch.save_file(cpu, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
+        for relative, extra in (extra_files or {}).items():
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            extra = {name: tensor.detach().contiguous().cpu() for name, tensor in extra.items()}
+            safetensors.torch.save_file(extra, str(staging / relative), metadata={"format": "pt"})
         tokenizer.save_pretrained(staging)
         if getattr(model, "generation_config", None) is not None and model.can_generate():
             model.generation_config.save_pretrained(staging)
@@ -364,12 +375,15 @@ def save_artifact(
     kernel_meta: dict | None = None,
     dtype: torch.dtype = torch.float16,
     overwrite: bool = False,
+    sparse_masks: dict[str, torch.Tensor] | None = None,
 ) -> ArtifactInfo:
     """Write `model` (QuantLinear layers and all) as a compressed-tensors artifact in `out_dir`.
 
     `kv_scales` maps attention module names (model.layers.0.self_attn) to (k_scale, v_scale); without it, the
     scales load_artifact attached to a loaded model are kept. Unquantized tensors are written in `dtype`, and so
-    are weight, input and KV scales (compressed-tensors keeps scales in the model dtype).
+    are weight, input and KV scales (compressed-tensors keeps scales in the model dtype). `sparse_masks` (module
+    name -> bool mask, True = kept, as prune_model returns them) adds the compact sparse form of `config.sparsity`'s
+    pattern; each mask must follow the pattern and drop only zeros.
     """
     quantized = _quant_linears(model)
     records: dict[str, dict[str, Any]] = {}
@@ -420,9 +434,13 @@ def save_artifact(
         "layer_choices": layer_choices or {},
         "kernel_meta": kernel_meta or {},
     }
+    extra_files = None
+    if sparse_masks:
+        sparse, manifest["sparsity"] = sparse_artifact(model, config.sparsity, sparse_masks, dtype)
+        extra_files = {SPARSE_FILE: sparse}
     return write_artifact(
         model, tokenizer, out_dir, tensors=tensors, quantization_config=quantization_config, manifest=manifest,
-        dtype=dtype, overwrite=overwrite, untie_embeddings=isinstance(output, QuantLinear),
+        dtype=dtype, overwrite=overwrite, untie_embeddings=isinstance(output, QuantLinear), extra_files=extra_files,
     )
 
 
@@ -563,7 +581,9 @@ def load_artifact(
     """Verify and load an accel compressed-tensors artifact: (model in eval mode on `device`, tokenizer, manifest).
 
     The model is built from config.json in the artifact's dtype; each quantized layer becomes a QuantLinear
-    holding the stored codes; KV scales become k_scale / v_scale buffers on their attention modules.
+    holding the stored codes; KV scales become k_scale / v_scale buffers on their attention modules. A pruned
+    model's compact sparse form is checked against its declared pattern and the dense weights
+    (accel.sparsity.storage.read_sparse_layers returns the masks).
     """
     root = Path(path).expanduser()
     manifest = verify_artifact(root)
@@ -600,5 +620,6 @@ def load_artifact(
             f"{root}: {WEIGHTS_NAME} does not fit config.json (missing {missing[:5]}, unexpected {unexpected[:5]}); "
             "re-export the artifact"
         )
+    read_sparse_layers(root, manifest, model)  # refuses a mask off its declared pattern
     tokenizer = AutoTokenizer.from_pretrained(root)
     return model.eval(), tokenizer, manifest

@@ -1,10 +1,12 @@
-"""Core's sparse formats (N:M, block, unstructured), registered through the sparse-format hook."""
+"""Core's sparse formats (N:M, block, unstructured) and magnitude pruning, registered through the same hooks a
+plugin uses (Wanda and SparseGPT come from the accel-sparsegpt distribution)."""
 
 from __future__ import annotations
 
 from accel.plugins.hookspecs import hookimpl
-from accel.plugins.records import SparseFormatSpec
+from accel.plugins.records import EmptyConfig, PruningMethodSpec, SparseFormatSpec
 from accel.schema.quantization import parse_nm
+from accel.sparsity.magnitude import Magnitude
 from accel.sparsity.structured import check_block, check_nm, select_block, select_nm
 from accel.sparsity.unstructured import check_unstructured, select_unstructured
 
@@ -33,4 +35,16 @@ def accel_register_sparse_formats() -> list[SparseFormatSpec]:
             select=select_unstructured,
             violations=check_unstructured,
         ),
+    ]
+
+
+@hookimpl
+def accel_register_pruning_methods() -> list[PruningMethodSpec]:
+    return [
+        PruningMethodSpec(
+            name="magnitude",
+            description="magnitude pruning: drop the smallest |W| as the format allows (baseline, no calibration)",
+            factory=lambda _config: Magnitude(),
+            config_model=EmptyConfig,
+        )
     ]

@@ -1,4 +1,5 @@
-"""Contract checks every registered quant method, sparse format, draft strategy and kernel backend must pass.
+"""Contract checks every registered quant method, sparse format, pruning method, draft strategy and kernel backend
+must pass.
 
 Plugin authors run them from their own test suite (scikit-learn's parametrize_with_checks is the model):
 
@@ -20,6 +21,7 @@ from accel.plugins.records import (
     NAME_PATTERN,
     DraftStrategySpec,
     KernelBackendSpec,
+    PruningMethodSpec,
     QuantMethodSpec,
     Record,
     SparseFormatSpec,
@@ -28,6 +30,7 @@ from accel.quantization.method import LinearStats, QuantMethod
 from accel.quantization.weight_quant import QuantizedWeight, WeightQuantArgs
 from accel.runtime.ops import OPS
 from accel.schema import CapabilityDescriptor, SpeculativeConfig
+from accel.sparsity.method import PrunedWeight, PruningMethod, SparsityTarget
 from accel.speculative.draft import Draft, DraftStrategy
 
 Check = Callable[[Any], None]
@@ -125,6 +128,83 @@ def check_sparse_masks(spec: SparseFormatSpec) -> None:
             assert spec.violations(broken, pattern, (8, 8)), f"{pattern}: a mask off the pattern passed"
 
 
+# Pruning methods.
+PRUNING_CASES = (("2:4", 0.5), ("4:8", 0.5), ("unstructured", 0.5), ("block", 0.5))
+
+
+def _build_pruner(spec: PruningMethodSpec) -> PruningMethod:
+    method = spec.factory(spec.config_model())
+    assert isinstance(method, PruningMethod), f"{spec.name}: factory must return a PruningMethod, got {method!r}"
+    return method
+
+
+def _target(pattern: str, ratio: float) -> SparsityTarget:
+    from accel.sparsity.hooks import accel_register_sparse_formats  # core's formats, as the registry holds them
+
+    spec = next(f for f in accel_register_sparse_formats() if f.handles(pattern))
+    return SparsityTarget(spec, pattern, ratio, (8, 8))
+
+
+def _pruning_problem(seed: int) -> tuple[torch.Tensor, LinearStats]:
+    """A weight [48, 128] and calibration stats of correlated inputs whose channels differ in scale."""
+    gen = torch.Generator().manual_seed(seed)
+    scales = 10 ** torch.linspace(-1, 1, 128)[torch.randperm(128, generator=gen)]
+    inputs = (torch.randn(512, 128, generator=gen) @ (torch.eye(128) + 0.3 * torch.randn(128, 128, generator=gen)))
+    inputs = inputs * scales
+    stats = LinearStats(hessian=inputs.T @ inputs / len(inputs), inputs=inputs, num_tokens=len(inputs),
+                        channel_norms=inputs.norm(dim=0))
+    return torch.randn(48, 128, generator=gen), stats
+
+
+def check_pruning_config_round_trip(spec: PruningMethodSpec) -> None:
+    config = spec.config_model()
+    again = spec.config_model.model_validate_json(config.model_dump_json())
+    assert again == config, f"{spec.name}: config does not survive a JSON round trip"
+
+
+def check_pruning_masks_and_error(spec: PruningMethodSpec) -> None:
+    """For each pattern: a bool mask in the format at the right density, exact zeros where dropped, finite kept
+    weights, and a layer output error ||W X^T - W' X^T|| at most 1.25x magnitude pruning's."""
+    method = _build_pruner(spec)
+    weight, stats = _pruning_problem(0)
+    for pattern, ratio in PRUNING_CASES:
+        target = _target(pattern, ratio)
+        pruned = method.prune_weight(weight, target, stats)
+        assert isinstance(pruned, PrunedWeight), f"{spec.name}: prune_weight must return a PrunedWeight"
+        mask = pruned.mask
+        assert mask.dtype == torch.bool and mask.shape == weight.shape, f"{pattern}: mask must be bool [out, in]"
+        assert pruned.weight.shape == weight.shape and torch.isfinite(pruned.weight).all(), f"{pattern}: bad weight"
+        assert target.violations(mask) == [], f"{spec.name} {pattern}: mask off the format: {target.violations(mask)}"
+        assert bool((pruned.weight[~mask] == 0).all()), f"{spec.name} {pattern}: dropped weights are not zero"
+        density = float(mask.float().mean())
+        assert abs(density - (1 - ratio)) <= 1 / 16, f"{spec.name} {pattern}: density {density:.3f}"
+        inputs = stats.inputs
+        error = float(((weight - pruned.weight) @ inputs.T).norm())
+        baseline = float(((weight - weight * target.select(weight.abs())) @ inputs.T).norm())
+        assert error <= 1.25 * baseline, (
+            f"{spec.name} {pattern}: output error {error:.3g} > 1.25x magnitude pruning's {baseline:.3g}"
+        )
+
+
+def check_pruning_deterministic(spec: PruningMethodSpec) -> None:
+    method = _build_pruner(spec)
+    weight, stats = _pruning_problem(1)
+    target = _target("2:4", 0.5)
+    first, second = method.prune_weight(weight, target, stats), method.prune_weight(weight, target, stats)
+    assert torch.equal(first.mask, second.mask) and torch.equal(first.weight, second.weight), "not deterministic"
+
+
+def check_pruning_needs_calibration(spec: PruningMethodSpec) -> None:
+    """A method that declares requires_calibration must refuse to run without it."""
+    if not spec.requires_calibration:
+        return
+    try:
+        _build_pruner(spec).prune_weight(torch.randn(8, 32), _target("2:4", 0.5), None)
+    except ValueError:
+        return
+    raise AssertionError(f"{spec.name}: requires_calibration but ran without stats")
+
+
 # Draft strategies.
 def check_draft_proposals(spec: DraftStrategySpec) -> None:
     """Proposals are 1-D int64, at most k long; probabilities exactly when not deterministic."""
@@ -183,6 +263,10 @@ CHECKS: dict[type, tuple[Check, ...]] = {
         check_quant_deterministic, check_quant_needs_calibration,
     ),
     SparseFormatSpec: (check_name_and_description, check_sparse_masks),
+    PruningMethodSpec: (
+        check_name_and_description, check_pruning_config_round_trip, check_pruning_masks_and_error,
+        check_pruning_deterministic, check_pruning_needs_calibration,
+    ),
     DraftStrategySpec: (check_name_and_description, check_draft_proposals),
     KernelBackendSpec: (
         check_name_and_description, check_backend_probe, check_backend_kernels_match_reference,

@@ -462,3 +462,65 @@ def main() -> None:
     except AccelError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(2)
+
+
+@infer.command("prune")
+def prune_command(
+    model: str | None = typer.Option(None, "--model", help="HF model id or directory (default: bundled)."),
+    pattern: str = typer.Option("2:4", "--pattern", help="2:4, 4:8 (any N:M), block or unstructured."),
+    ratio: float | None = typer.Option(None, "--ratio", min=0.0, max=0.99, help="Fraction dropped (default 0.5; "
+                                       "N:M fixes it)."),
+    method: str | None = typer.Option(None, "--method", help="magnitude, wanda or sparsegpt (default: sparsegpt "
+                                      "when accel-sparsegpt is installed, else magnitude)."),
+    then_quantize: str | None = typer.Option(None, "--then-quantize", help="Then quantize with this preset "
+                                             "(w4a16, w4a16-rtn, ...), keeping the mask."),
+    out: Path | None = typer.Option(None, "--out", help="Artifact directory (default: ./accel-out/<model>-<pattern>-"
+                                    "<method>)."),
+    eval_tokens: int | None = typer.Option(None, "--eval-tokens", min=512, help="Evaluate on at most this many "
+                                           "tokens."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Prune a model (default: the bundled one, 2:4) and write an artifact with its compact sparse form."""
+    from pydantic import ValidationError
+
+    from accel.schema import AccelConfig, QuantizationProfile, SparsityConfig
+    from accel.schema.io import format_validation_error
+    from accel.tools.prune import run_prune
+
+    registry = get_registry()
+    method = method or ("sparsegpt" if "sparsegpt" in registry.pruning_methods() else "magnitude")
+    try:
+        sparsity = SparsityConfig.model_validate(
+            {"pattern": pattern, "method": method, **({} if ratio is None else {"ratio": ratio})})
+        quant = get_preset(then_quantize).quantization if then_quantize else QuantizationProfile()
+        quant = quant.model_validate({**quant.model_dump(), "sparsity_pattern": pattern,
+                                      "sparsity_ratio": sparsity.ratio})
+    except ValidationError as exc:
+        raise fail(format_validation_error(exc, "prune options")) from None
+    name = f"{(model or 'bundled').strip('/').replace('/', '--')}-{pattern.replace(':', 'of')}-{method}"
+    target = out or Path("accel-out") / (name + (f"-{then_quantize}" if then_quantize else ""))
+    report = run_prune(AccelConfig(quantization=quant, sparsity=sparsity), registry, model_name=model,
+                       then_quantize=then_quantize, out=target, eval_tokens=eval_tokens, progress=not as_json)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    kinds = Table(title=f"sparsity reached ({pattern}, {method})")
+    for column in ("layer kind", "dropped"):
+        kinds.add_column(column, justify="right")
+    for kind, dropped in report.sparsity_by_kind.items():
+        kinds.add_row(kind, f"{100 * dropped:.1f}%")
+    console.print(kinds)
+    table = Table(title=f"pruned {report.model}" + (f", then {then_quantize}" if then_quantize else ""))
+    stages = [("dense", report.perplexity_before), ("pruned", report.perplexity_pruned)]
+    stages += [("pruned + quantized", report.perplexity_after)] if then_quantize else []
+    for column, _ in [("", None), *stages]:
+        table.add_column(column, justify="right")
+    if all(result for _, result in stages):
+        table.add_row("perplexity (eval split)", *(f"{result.perplexity:.3f}" for _, result in stages))
+    sizes = [report.fp16_bytes, *([report.fp16_bytes] if then_quantize else []), report.model_bytes]
+    table.add_row("size (MB, as stored)", *(f"{size / 1e6:.1f}" for size in sizes))
+    table.add_row("size (MB, compact sparse form)", *[""] * (len(stages) - 1), f"{report.compact_bytes / 1e6:.1f}")
+    console.print(table)
+    console.print(f"pruning: {report.pruning.seconds:.1f} s on {report.pruning.calibration_tokens} calibration "
+                  f"tokens; artifact: {report.artifact} ({(report.artifact_bytes or 0) / 1e6:.1f} MB on disk)",
+                  highlight=False)

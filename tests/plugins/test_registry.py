@@ -20,6 +20,7 @@ def test_builtins_register_through_the_hooks():
     assert {p.distribution for p in builtins} == {"accel"}
     assert "rtn" in registry.quant_methods()
     assert {"nm", "block", "unstructured"} <= set(registry.sparse_formats())
+    assert "magnitude" in registry.pruning_methods()
     assert "ngram" in registry.draft_strategies()
     assert "reference" in registry.kernel_backends()
     assert registry.provider("quant_method", "rtn").distribution == "accel"
@@ -29,6 +30,8 @@ def test_unknown_name_error_lists_what_is_registered():
     registry = load_registry(PluginPolicy())
     with pytest.raises(UnsupportedProfileError, match="registered: .*rtn"):
         registry.quant_method("gtpq")
+    with pytest.raises(UnsupportedProfileError, match="unknown pruning method 'wandaa'; registered: .*magnitude"):
+        registry.pruning_method("wandaa")
 
 
 def test_select_kernel_falls_back_to_reference_and_is_traced():

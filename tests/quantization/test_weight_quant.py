@@ -7,7 +7,7 @@ import torch
 
 from accel.quantization import WeightQuantArgs, dequantize, quantize
 from accel.quantization.kernels.reference import dequant_linear
-from accel.quantization.weight_quant import fake_quantize
+from accel.quantization.weight_quant import fake_quantize, zero_dropped
 
 
 def reference_group(values: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, float, int]:
@@ -81,3 +81,23 @@ def test_bad_args():
         WeightQuantArgs(strategy="group", group_size=0)
     with pytest.raises(ValueError, match="2-D weight"):
         quantize(torch.randn(3), WeightQuantArgs())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [WeightQuantArgs(num_bits=4, group_size=16), WeightQuantArgs(num_bits=4, symmetric=False, group_size=16),
+     WeightQuantArgs(num_bits=8, strategy="channel", type="float")],
+    ids=["sym", "asym", "fp8"],
+)
+def test_zero_dropped_gives_dropped_weights_the_zero_code(args):
+    weight = torch.randn(8, 32, dtype=torch.float32)
+    keep = torch.rand(8, 32) > 0.5
+    qw = quantize(weight + 0.01, args)  # every code non-zero-ish: dropped weights need changing
+    fixed, changed = zero_dropped(qw, keep)
+    assert changed > 0
+    dense = fixed.dequantize(torch.float32)
+    assert (dense[~keep] == 0).all()
+    assert torch.equal(dense[keep], qw.dequantize(torch.float32)[keep])
+    assert zero_dropped(fixed, keep)[1] == 0
+    # Quantizing weights that are already zero keeps them zero (RTN maps 0 to the zero code).
+    assert zero_dropped(quantize(weight * keep, args), keep)[1] == 0

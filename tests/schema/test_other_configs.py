@@ -30,6 +30,12 @@ def test_sparsity_rejects_bad_blocks_and_ratios():
         SparsityConfig(pattern="block", block_shape=(0, 4))
     with pytest.raises(ValidationError, match=r"layer_ratios\['mlp'\]"):
         SparsityConfig(pattern="unstructured", layer_ratios={"mlp": 1.5})
+    with pytest.raises(ValidationError, match="pattern 2:4 fixes every layer's ratio; list layers to leave dense"):
+        SparsityConfig(pattern="2:4", layer_ratios={"down_proj": 0.3})
+    with pytest.raises(ValidationError, match="pruning method name"):
+        SparsityConfig(method="Sparse GPT")
+    config = SparsityConfig(pattern="4:8", method="sparsegpt", method_config={"dampening_frac": 0.02})
+    assert SparsityConfig.model_validate_json(config.model_dump_json()) == config
 
 
 def test_speculative_ranges():

@@ -12,6 +12,7 @@ from accel.plugins.loader import PluginPolicy
 from accel.plugins.records import DraftStrategySpec, KernelBackendSpec, QuantMethodSpec
 from accel.quantization import QuantizedWeight, QuantMethod
 from accel.schema import CapabilityDescriptor
+from accel.sparsity.method import PrunedWeight, PruningMethod
 from accel.speculative.draft import Draft, DraftStrategy
 from accel.testing import checks_for, parametrize_with_checks
 
@@ -54,6 +55,18 @@ def test_kit_rejects_a_format_that_keeps_the_wrong_weights():
     nm = load_registry(PluginPolicy()).sparse_formats()["nm"]
     inverted = replace(nm, name="inverted", select=lambda s, p, r, b: nm.select(-s, p, r, b))
     assert _fails(inverted)
+
+
+def test_kit_rejects_a_pruner_that_keeps_the_smallest_weights():
+    magnitude = load_registry(PluginPolicy()).pruning_methods()["magnitude"]
+    inverted = replace(magnitude, name="inverted", factory=lambda _c: KeepSmallest())
+    assert _fails(inverted)
+
+
+class KeepSmallest(PruningMethod):
+    def prune_weight(self, weight, target, stats=None):
+        mask = target.select(-weight.abs())
+        return PrunedWeight(weight * mask, mask)
 
 
 class TooLong(DraftStrategy):

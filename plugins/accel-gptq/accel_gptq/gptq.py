@@ -87,6 +87,9 @@ class GPTQ(QuantMethod):
             param_index = (perm // args.group_size).tolist() if args.strategy == "group" else [0] * in_features
 
         W = W[:, perm]
+        # A pruned weight's mask (prune then quantize): dropped weights take the zero code, and the error of
+        # zeroing them is compensated like a rounding error (SparseGPT's joint step with the mask fixed).
+        keep = None if stats.keep is None else stats.keep.to(device=device, dtype=torch.bool)[:, perm]
         U = inverse_hessian_factor(H[perm][:, perm], self.config.dampening_frac)
         # One column at a time: its [out, 1] (or [1, 1]) scale and zero point broadcast as per-channel params.
         column_args = replace(args, strategy="channel")
@@ -110,6 +113,9 @@ class GPTQ(QuantMethod):
                 z = None if zero_point is None else zero_point[:, k : k + 1]
                 w = block[:, i : i + 1]
                 q = quantize_with_qparams(w, s, z, column_args)
+                if keep is not None:
+                    zero_code = torch.zeros_like(q) if z is None else z.expand_as(q).to(q.dtype)
+                    q = torch.where(keep[:, col : col + 1], q, zero_code)
                 codes[:, col : col + 1] = q
                 # err_i = (w_i - q_i) / U_ii; the block's later columns absorb it now: W_j -= err_i U_ij.
                 err = (w - dequantize(q, s, z, column_args, dtype)) / U[col, col]
@@ -185,4 +191,6 @@ def _checked_hessian(weight: torch.Tensor, args: WeightQuantArgs, stats: LinearS
         )
     if not torch.isfinite(stats.hessian).all():
         raise ValueError("stats.hessian has non-finite entries")
+    if stats.keep is not None and tuple(stats.keep.shape) != tuple(weight.shape):
+        raise ValueError(f"stats.keep has shape {tuple(stats.keep.shape)}, expected the weight's {tuple(weight.shape)}")
     return stats.hessian
