@@ -20,12 +20,20 @@ BACKEND = "cuda"
 def kernels() -> dict[str, Callable[..., Any]]:
     """This backend's own kernels by op name (Triton ones only where Triton is installed); ops not here run
     the reference kernels. Imported here, lazily, so that loading the plugin stays free of Triton."""
-    from accel_cuda.kernels import cached_attention, fp8_linear, triton_available, w4a16_linear, w8a8_int8_linear
+    from accel_cuda.kernels import (
+        cached_attention,
+        fp8_linear,
+        triton_available,
+        w4a16_linear,
+        w4a16_sparse24_linear,
+        w8a8_int8_linear,
+    )
 
     if not triton_available():
         return {}
     return {
         "w4a16_linear": w4a16_linear,
+        "w4a16_sparse24_linear": w4a16_sparse24_linear,
         "w8a8_int8_linear": w8a8_int8_linear,
         "fp8_linear": fp8_linear,
         "cached_attention": cached_attention,
@@ -39,8 +47,8 @@ def accel_register_kernel_backends() -> list[KernelBackendSpec]:
         KernelBackendSpec(
             name=BACKEND,
             description=(
-                "NVIDIA GPUs through PyTorch CUDA: Triton W4A16 and W8A8 (int8, fp8) linear and flash-decoding over "
-                "the quantized KV cache; portable reference kernels otherwise"
+                "NVIDIA GPUs through PyTorch CUDA: Triton W4A16 (dense and 2:4-sparse) and W8A8 (int8, fp8) linear "
+                "and flash-decoding over the quantized KV cache; portable reference kernels otherwise"
             ),
             device_type=CudaPlatform.device_type,
             is_available=CudaPlatform.is_available,
@@ -57,7 +65,7 @@ def accel_select_kernel(op: str, capability: CapabilityDescriptor) -> KernelChoi
     impl = kernels().get(op)
     if capability.device_type != CudaPlatform.device_type or impl is None:
         return None
-    from accel_cuda.kernels import w4a16_prepare
+    from accel_cuda.kernels import w4a16_prepare, w4a16_sparse24_prepare
 
-    prepare = w4a16_prepare if op == "w4a16_linear" else None
+    prepare = {"w4a16_linear": w4a16_prepare, "w4a16_sparse24_linear": w4a16_sparse24_prepare}.get(op)
     return KernelChoice(backend=BACKEND, op=op, impl=impl, reason="CUDA Triton kernel", prepare=prepare)

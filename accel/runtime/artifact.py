@@ -620,6 +620,11 @@ def load_artifact(
             f"{root}: {WEIGHTS_NAME} does not fit config.json (missing {missing[:5]}, unexpected {unexpected[:5]}); "
             "re-export the artifact"
         )
-    read_sparse_layers(root, manifest, model)  # refuses a mask off its declared pattern
+    # Refuses a mask off its declared pattern; each pruned module keeps its mask and pattern, so the runtime can
+    # choose a sparse kernel for it (quant_backend.runtime_linear).
+    for name, mask in read_sparse_layers(root, manifest, model).items():
+        module = model.get_submodule(name)
+        module.accel_sparse_mask = mask
+        module.accel_sparse_pattern = manifest["sparsity"]["layers"][name]["pattern"]
     tokenizer = AutoTokenizer.from_pretrained(root)
     return model.eval(), tokenizer, manifest

@@ -82,6 +82,62 @@ def w4a16_linear(
     return torch.nn.functional.linear(x.to(torch.float32), weight).to(x.dtype)
 
 
+def w4a16_sparse24_linear(
+    x: torch.Tensor,
+    values_packed: torch.Tensor,
+    indices: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor | None,
+    group_size: int,
+) -> torch.Tensor:
+    """y = x @ W^T for a 2:4-sparse W4A16 weight in accel's compact N:M form (accel.sparsity.storage, layout nm).
+
+    Each group of 4 inputs keeps 2 weights: values_packed int32 [N, K/16] holds the kept 4-bit codes in input
+    order, packed like weight_packed (8 a word, offset by 8); indices uint8 [N, K/8] holds each kept code's
+    position in its group in 2 bits, least significant first (value v at bits [2v, 2v + 2) of the row).
+    W[n, 4g + idx] = (q - zp) * s for the kept codes, 0 elsewhere; float32 math as w4a16_linear.
+    """
+    n, k = values_packed.shape[0], x.shape[-1]
+    g = group_size if group_size > 0 else k
+    kept = k // 2
+    if (
+        k % 16
+        or values_packed.shape[1] != k // 16
+        or tuple(indices.shape) != (n, k // 8)
+        or indices.dtype != torch.uint8
+        or weight_scale.shape[0] != n
+        or weight_scale.shape[1] != -(-k // g)
+    ):
+        raise ValueError(
+            f"w4a16_sparse24_linear: values {tuple(values_packed.shape)}, indices {indices.dtype} "
+            f"{tuple(indices.shape)}, scale {tuple(weight_scale.shape)} do not fit in_features {k} (a multiple of "
+            f"16) with group_size {group_size}"
+        )
+    q = unpack_int32(values_packed, 4, (n, kept)).to(torch.float32)  # [N, K/2]
+    bits = (indices.to(torch.int64)[..., None] >> torch.arange(0, 8, 2, device=indices.device)) & 3  # [N, K/8, 4]
+    cols = torch.arange(kept, device=q.device) // 2 * 4 + bits.reshape(n, kept)  # input position of each code
+    groups = cols // g
+    if weight_zero_point is not None:
+        q = q - weight_zero_point.to(torch.float32).gather(1, groups)
+    kept_w = q * weight_scale.to(torch.float32).gather(1, groups)
+    weight = torch.zeros(n, k, dtype=torch.float32, device=q.device).scatter_(1, cols, kept_w)
+    return torch.nn.functional.linear(x.to(torch.float32), weight).to(x.dtype)
+
+
+def _w4a16_sparse24_inputs(gen: torch.Generator, device: str, dtype: torch.dtype) -> tuple[Any, ...]:
+    # K = 208 with group 64 leaves a partial last group; N = 76 is off every kernel block; asymmetric.
+    m, k, n, group = 3, 208, 76, 64
+    weight = torch.randn(n, k, generator=gen, dtype=torch.float32)
+    qw = quantize(weight, WeightQuantArgs(num_bits=4, symmetric=False, strategy="group", group_size=group))
+    keep = torch.rand(n, k // 4, 4, generator=gen).argsort(dim=2)[..., :2].sort(dim=2).values  # [N, K/4, 2]
+    codes = qw.q.reshape(n, k // 4, 4).gather(2, keep).reshape(n, k // 2)
+    idx = keep.reshape(n, k // 8, 4)
+    indices = (idx[..., 0] | idx[..., 1] << 2 | idx[..., 2] << 4 | idx[..., 3] << 6).to(torch.uint8)
+    x = torch.randn(m, k, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+    scale = qw.scale.to(device=device, dtype=dtype)
+    return (x, pack_int32(codes, 4).to(device), indices.to(device), scale, qw.zero_point.to(device), group)  # type: ignore[union-attr]
+
+
 def _w4a16_linear_inputs(gen: torch.Generator, device: str, dtype: torch.dtype) -> tuple[Any, ...]:
     # K = 200 with group 64 leaves a partial last group (K must be a multiple of 8 to pack into int32 words);
     # N = 76 is not a multiple of any kernel block; asymmetric, so the zero-point path runs too.
@@ -216,6 +272,14 @@ OPS: dict[str, OpSpec] = {
         rtol=1e-2,
         atol=1e-2,
         doc="x @ ((q - zp) * s)^T with 4-bit codes packed in int32 (pack-quantized), per-group scales/zero points",
+    ),
+    "w4a16_sparse24_linear": OpSpec(
+        name="w4a16_sparse24_linear",
+        reference=w4a16_sparse24_linear,
+        make_inputs=_w4a16_sparse24_inputs,
+        rtol=1e-2,
+        atol=1e-2,
+        doc="x @ W^T for a 2:4-sparse W4A16 weight: kept 4-bit codes packed in int32 and 2-bit positions",
     ),
     "w8a8_int8_linear": OpSpec(
         name="w8a8_int8_linear",

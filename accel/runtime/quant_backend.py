@@ -57,6 +57,7 @@ __all__ = [
     "ReferenceLinear",
     "RuntimeLinear",
     "W4A16Linear",
+    "W4A16Sparse24Linear",
     "W8A8Int8Linear",
     "device_capability",
     "linear_format",
@@ -224,6 +225,79 @@ class W4A16Linear(RuntimeLinear):
             packed, scale, zero, first.group_size, first.in_features, _stack_bias(layers), first.kernel,
             first.kernel_kwargs,
         )
+
+
+class W4A16Sparse24Linear(RuntimeLinear):
+    """A 2:4-pruned W4A16 layer: the dense W4A16Linear for prefill, and the compact 2:4 form (kept codes and their
+    positions, prepared once by the backend) for the decode M its kernel serves; op w4a16_sparse24_linear.
+
+    Holding both costs 1.75x the dense int4 bytes; the sparse path reads 3/4 of them per decode step."""
+
+    op = "w4a16_sparse24_linear"
+    SPARSE_MAX_M = 2  # the decode M the 2:4 GEMV is tuned for (accel_cuda w4a16_sparse24_gemv.sparse24_plan)
+
+    def __init__(
+        self,
+        dense: W4A16Linear,
+        values: torch.Tensor,
+        indices: torch.Tensor,
+        kernel: KernelChoice,
+        kernel_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(dense.in_features, dense.out_features, backend=kernel.backend)
+        if kernel_kwargs is None:
+            kernel_kwargs = {}
+            if kernel.prepare is not None:
+                args, kernel_kwargs = kernel.prepare(
+                    values, indices, dense.weight_scale, dense.weight_zero_point, dense.group_size
+                )
+                values, indices = args[0], args[1]
+        self.dense = dense
+        self.kernel = kernel
+        self.kernel_kwargs = kernel_kwargs
+        self.register_buffer("values", values)
+        self.register_buffer("indices", indices)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() // self.in_features > self.SPARSE_MAX_M:
+            return self.dense(x)
+        d = self.dense
+        y = self.kernel.impl(
+            x, self.values, self.indices, d.weight_scale, d.weight_zero_point, d.group_size, **self.kernel_kwargs
+        )
+        return y if d.bias is None else y + d.bias
+
+    @classmethod
+    def fuse(cls, parts: Sequence[RuntimeLinear]) -> RuntimeLinear | None:
+        layers = [part for part in parts if isinstance(part, W4A16Sparse24Linear)]
+        if len(layers) != len(parts) or not _same(layers, "backend"):
+            return None
+        if any(layer.kernel_kwargs != layers[0].kernel_kwargs for layer in layers):
+            return None
+        dense = W4A16Linear.fuse([layer.dense for layer in layers])
+        if dense is None:
+            return None
+        values, indices = torch.cat([p.values for p in layers]), torch.cat([p.indices for p in layers])
+        return cls(dense, values, indices, layers[0].kernel, layers[0].kernel_kwargs)  # type: ignore[arg-type]
+
+
+def sparse24_linear(module: QuantLinear, dense: W4A16Linear, kernels: KernelSelector) -> RuntimeLinear:
+    """`dense` with the 2:4 path beside it when `module` was loaded with a 2:4 mask and a backend (not the portable
+    reference, which would rebuild W on every call) has a 2:4 kernel for this device; else `dense` itself."""
+    mask = getattr(module, "accel_sparse_mask", None)
+    if mask is None or getattr(module, "accel_sparse_pattern", None) != "2:4" or module.in_features % 16:
+        return dense
+    kernel = kernels.choose(W4A16Sparse24Linear.op)
+    if kernel is None or kernel.backend == "reference":
+        return dense
+    from accel.sparsity.storage import StoredLayer, encode_layer
+
+    stored = StoredLayer(module.weight_q.cpu(), torch.empty(0), packed_bits=4)
+    tensors, _ = encode_layer("w", "2:4", (1, 1), mask.cpu(), stored)
+    device = kernels.device
+    return W4A16Sparse24Linear(
+        dense, tensors["w.weight_nm_values"].to(device), tensors["w.weight_nm_indices"].to(device), kernel
+    )
 
 
 class DequantLinear(RuntimeLinear):
@@ -433,7 +507,8 @@ def runtime_linear(module: nn.Module, kernels: KernelSelector, dtype: torch.dtyp
     scale, zero, group = _per_row_params(module, dtype)
     if fmt.module is W4A16Linear:
         packed = pack_int32(module.weight_q, 4)
-        return W4A16Linear(packed, scale, zero, group, module.in_features, bias, kernel)
+        dense = W4A16Linear(packed, scale, zero, group, module.in_features, bias, kernel)
+        return sparse24_linear(module, dense, kernels)
     return DequantLinear(module.weight_q, scale, zero, group, bias, kernel)
 
 

@@ -8,7 +8,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["cached_attention", "fp8_linear", "triton_available", "w4a16_linear", "w4a16_prepare", "w8a8_int8_linear"]
+__all__ = [
+    "cached_attention",
+    "fp8_linear",
+    "triton_available",
+    "w4a16_linear",
+    "w4a16_prepare",
+    "w4a16_sparse24_linear",
+    "w4a16_sparse24_prepare",
+    "w8a8_int8_linear",
+]
 
 
 def triton_available() -> bool:
@@ -41,6 +50,34 @@ def w4a16_prepare(
     from accel_cuda.kernels.w4a16 import prepare
 
     return prepare(weight_packed, weight_scale, weight_zero_point, group_size)
+
+
+def w4a16_sparse24_linear(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    indices: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor | None,
+    group_size: int,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """The 2:4 x int4 linear (accel_cuda.kernels.sparse24.w4a16_sparse24_linear), imported on first call."""
+    from accel_cuda.kernels.sparse24 import w4a16_sparse24_linear as impl
+
+    return impl(x, values, indices, weight_scale, weight_zero_point, group_size, **kwargs)
+
+
+def w4a16_sparse24_prepare(
+    values: torch.Tensor,
+    indices: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor | None,
+    group_size: int,
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Load-time conversion for w4a16_sparse24_linear into the GEMV's layout (accel_cuda.kernels.sparse24.prepare)."""
+    from accel_cuda.kernels.sparse24 import prepare
+
+    return prepare(values, indices, weight_scale, weight_zero_point, group_size)
 
 
 def w8a8_int8_linear(

@@ -124,6 +124,31 @@ def _step_packed(acc, words, s, zf, xw_ptr, rows, kw0, KW, ASM: tl.constexpr, MA
     return acc + part * s
 
 
+@triton.jit
+def write_rows(y, out_ptr, ws_ptr, cnt_ptr, rows, n_mask, M, N, SPLIT, SPLIT_P2: tl.constexpr):
+    """Store this program's rows y [BLOCK_N] (grid: row tiles x split-K x rows of x). With split-K, partials go to
+    the fp32 workspace and the last program of the row tile (a counter it resets, so CUDA graph replays reuse it)
+    sums them: a call stays one launch."""
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    out = out_ptr + pid_m * N + rows
+    if SPLIT == 1:
+        tl.store(out, y.to(out_ptr.dtype.element_ty), mask=n_mask)
+    else:
+        tile = pid_m * N + rows
+        tl.store(ws_ptr + pid_s * M * N + tile, y, mask=n_mask)
+        tl.debug_barrier()
+        cnt = cnt_ptr + pid_m * tl.num_programs(0) + pid_n
+        done = tl.atomic_add(cnt, 1, sem="acq_rel")
+        if done == SPLIT - 1:
+            sp = tl.arange(0, SPLIT_P2)
+            parts = tl.load(ws_ptr + sp[:, None] * M * N + tile[None, :],
+                            mask=(sp < SPLIT)[:, None] & n_mask[None, :], other=0.0, cache_modifier=".cg")
+            tl.store(out, tl.sum(parts, axis=0).to(out_ptr.dtype.element_ty), mask=n_mask)
+            tl.atomic_xchg(cnt, 0)
+
+
 @triton.jit(do_not_specialize=["M", "G", "STEPS", "SPLIT", "ONE"])
 def _gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr,
@@ -153,22 +178,7 @@ def _gemv_kernel(
             kw0 = kw_first + i * (NG * 16)
             words, s, zf = _load_step(w_ptr, s_ptr, z_ptr, rows, n_mask, kw0, KW, G, ONE, HAS_ZP, NG, EVEN)
             acc = _step_packed(acc, words, s, zf, x_row, rows, kw0, KW, ASM, MAGIC, NG, EVEN)
-    y = tl.sum(tl.sum(acc, axis=2), axis=1)  # [BLOCK_N]
-    out = out_ptr + pid_m * N + rows
-    if SPLIT == 1:
-        tl.store(out, y.to(out_ptr.dtype.element_ty), mask=n_mask)
-    else:
-        tile = pid_m * N + rows
-        tl.store(ws_ptr + pid_s * M * N + tile, y, mask=n_mask)
-        tl.debug_barrier()
-        cnt = cnt_ptr + pid_m * tl.num_programs(0) + pid_n
-        done = tl.atomic_add(cnt, 1, sem="acq_rel")
-        if done == SPLIT - 1:
-            sp = tl.arange(0, SPLIT_P2)
-            parts = tl.load(ws_ptr + sp[:, None] * M * N + tile[None, :],
-                            mask=(sp < SPLIT)[:, None] & n_mask[None, :], other=0.0, cache_modifier=".cg")
-            tl.store(out, tl.sum(parts, axis=0).to(out_ptr.dtype.element_ty), mask=n_mask)
-            tl.atomic_xchg(cnt, 0)
+    write_rows(tl.sum(tl.sum(acc, axis=2), axis=1), out_ptr, ws_ptr, cnt_ptr, rows, n_mask, M, N, SPLIT, SPLIT_P2)
 
 
 @dataclass(frozen=True)
@@ -231,6 +241,20 @@ def _counters(device: torch.device, size: int) -> torch.Tensor:
     return buf
 
 
+def launch_geometry(
+    words: int, step_words: int, want_split: int, block_n: int, m: int, n: int, result: torch.Tensor
+) -> tuple[int, int, tuple[int, int, int], bool, torch.Tensor, torch.Tensor]:
+    """K steps per program, split-K, grid, whether every tile is full (EVEN: no masks), the split-K workspace and
+    counters, for a row of `words` words read `step_words` at a time."""
+    total_steps = -(-words // step_words)
+    steps = -(-total_steps // max(1, min(want_split, total_steps)))
+    split = -(-total_steps // steps)
+    grid = (triton.cdiv(n, block_n), split, m)
+    even = n % block_n == 0 and words % step_words == 0 and total_steps % split == 0
+    ws = torch.empty((split, m, n), dtype=torch.float32, device=result.device) if split > 1 else result
+    return steps, split, grid, even, ws, _counters(result.device, grid[0] * m)
+
+
 def supports(k: int, groups: int, group_size: int) -> bool:
     """This kernel takes group size 128 (16 words a group), K a multiple of 8."""
     return k % 8 == 0 and group_size == 128 and groups == -(-k // 128)
@@ -263,14 +287,7 @@ def w4a16_gemv(
         index = x.device.index if x.device.index is not None else torch.cuda.current_device()
         config = gemv_plan(m, n, k, *(_device_info(index) if x.is_cuda else (132, "")))
     kw = k // 8
-    step_words = config.ng * 16
-    total_steps = -(-kw // step_words)
-    steps = -(-total_steps // max(1, min(config.split, total_steps)))
-    split = -(-total_steps // steps)
-    grid = (triton.cdiv(n, config.block_n), split, m)
-    even = n % config.block_n == 0 and kw % step_words == 0 and total_steps % split == 0
-    ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else result
-    cnt = _counters(x.device, grid[0] * m)
+    steps, split, grid, even, ws, cnt = launch_geometry(kw, config.ng * 16, config.split, config.block_n, m, n, result)
     has_zp = weight_zero_point is not None
     if not permuted:
         raise ValueError("w4a16_gemv reads words permuted by permute_nibbles (w4a16.prepare does it at load)")
