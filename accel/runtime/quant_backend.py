@@ -69,14 +69,23 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------- kernels
 
 
+def backend_device_type(device: torch.device) -> str:
+    """The backend device type of a torch device: a ROCm build (Hygon DCU) names its GPUs "cuda" too, but they are
+    accel-hygon's "dcu", not accel-cuda's devices."""
+    if device.type == "cuda" and getattr(torch.version, "hip", None):
+        return "dcu"
+    return device.type
+
+
 def device_capability(device: torch.device, registry: PluginRegistry | None = None) -> CapabilityDescriptor:
     """The capability kernel selection is asked with: the host CPU's, or that of the highest-priority available
     backend for the device's type; a bare descriptor when no backend claims the device (the reference answers)."""
     if device.type == "cpu":
         return cpu_capability()
+    kind = backend_device_type(device)
     backends = sorted((registry or get_registry()).kernel_backends().values(), key=lambda spec: -spec.priority)
     for spec in backends:
-        if spec.device_type == device.type and spec.is_available():
+        if spec.device_type == kind and spec.is_available():
             return spec.capability()
     return CapabilityDescriptor(device_name=str(device), device_type=device.type)  # type: ignore[arg-type]
 

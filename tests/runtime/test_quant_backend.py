@@ -287,3 +287,14 @@ def test_load_for_inference_reads_the_bundled_model_and_hf_directories() -> None
     assert bundled_model.kernel_meta() == {"cached_attention": "reference", "linear": "torch"}
     with pytest.raises(ValueError, match="kv_format must be one of"):
         load_for_inference(None, kv_format="int16")
+
+
+def test_rocm_gpus_belong_to_the_dcu_backend(monkeypatch):
+    """A ROCm build names its GPUs "cuda"; kernel selection must ask accel-hygon ("dcu"), not accel-cuda."""
+    from accel.runtime.quant_backend import backend_device_type
+
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert backend_device_type(torch.device("cuda")) == "cuda"
+    monkeypatch.setattr(torch.version, "hip", "6.2.41133")
+    assert backend_device_type(torch.device("cuda")) == "dcu"
+    assert backend_device_type(torch.device("cpu")) == "cpu"

@@ -72,3 +72,25 @@ def test_prune_refuses_a_ratio_that_contradicts_the_pattern():
     result = CliRunner().invoke(app, ["infer", "prune", "--pattern", "2:4", "--ratio", "0.3"])
     assert result.exit_code == 2
     assert "implies ratio 0.5" in result.output
+
+
+@pytest.mark.slow
+def test_quantize_with_a_sparse_profile_prunes_first_and_keeps_the_mask(tmp_path):
+    """`sage infer quantize` with a 2:4 profile prunes, then quantizes keeping the mask (the w4a16-2:4 preset's path,
+    here with magnitude and RTN so that it needs no calibration)."""
+    from accel.runtime.loaders import load_artifact
+    from accel.sparsity.storage import read_sparse_layers
+
+    profile = tmp_path / "p.yaml"
+    profile.write_text("quantization:\n  weight_bits: 4\n  group_size: 128\n  method: rtn\n  sparsity_pattern: '2:4'\n"
+                       "  sparsity_ratio: 0.5\nsparsity:\n  pattern: '2:4'\n  method: magnitude\n")
+    app = build_app(load_registry(PluginPolicy()))
+    out = tmp_path / "q"
+    result = CliRunner().invoke(app, ["infer", "quantize", "--profile", str(profile), "--eval-tokens", "512",
+                                      "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["pattern"] == "2:4" and report["sparsity_by_kind"]["all"] == pytest.approx(0.5)
+    model, _, manifest = load_artifact(out)
+    assert manifest["sparsity"]["pattern"] == "2:4" and len(read_sparse_layers(out, manifest, model)) == 30 * 7
+    assert manifest["layers"]["model.layers.0.mlp.down_proj"]["weights"]["num_bits"] == 4
