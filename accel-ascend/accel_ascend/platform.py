@@ -1,25 +1,35 @@
 """Huawei Ascend platform: a cheap probe for discovery, and the platform class that reads the NPU.
 
-Vendor kernels land in a later issue; today this backend runs the portable reference kernels
-(accel.runtime.ops) on its device. Only the platform class imports torch_npu, and only when asked.
+The probe imports nothing of the vendor stack: it looks for torch_npu (found, not imported), the NPU device nodes
+(/dev/davinci*), the npu-smi driver tool on PATH, or the Ascend runtime's device environment variables. Only the
+platform class imports torch_npu, and only when asked. capability() lays the running device's name and memory over
+its chip family's published figures (accel_ascend.chips).
 """
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
+from accel.planning.chips import device_signs, runtime_capability
 from accel.schema import CapabilityDescriptor
 
 PLATFORM = "accel_ascend.platform:AscendPlatform"
 VENDOR_MODULE = "torch_npu"
-# The reference dequant_linear runs on any torch device, so these formats run here today.
-REFERENCE_QUANT_FORMATS = ["w8a16", "w4a16", "w4a16-asym"]
+DEVICE_NODES = "/dev/davinci[0-9]*"
+DRIVER_TOOLS = ("npu-smi",)
+DEVICE_ENV = ("ASCEND_RT_VISIBLE_DEVICES", "ASCEND_VISIBLE_DEVICES")
+# What runs on an NPU of no known family: the int formats every kernel here covers (vendor op or reference).
+GENERIC_QUANT_FORMATS = ["w8a16", "w4a16", "w4a16-asym", "w8a8-int8", "kv-int8", "kv-int4"]
+
+
+def signs() -> list[str]:
+    """What on this machine says an Ascend NPU may be here (empty: nothing)."""
+    return device_signs((VENDOR_MODULE,), DRIVER_TOOLS, (DEVICE_NODES,), DEVICE_ENV)
 
 
 def probe() -> str | None:
-    """The platform's dotted name when torch_npu is installed (found, not imported); else None."""
-    return PLATFORM if importlib.util.find_spec(VENDOR_MODULE) is not None else None
+    """The platform's dotted name when anything says an NPU may be here (signs()); else None."""
+    return PLATFORM if signs() else None
 
 
 def _npu() -> Any:
@@ -45,20 +55,18 @@ class AscendPlatform:
 
     @staticmethod
     def capability() -> CapabilityDescriptor:
-        """The current NPU, from torch.npu's device name and its free/total memory now."""
+        """The current NPU: its chip family's figures, with the name, free/total memory and bf16 support read now."""
+        from accel_ascend.chips import CHIPS
+        from accel_ascend.kernels import KERNELS
+
         npu = _npu()
         index = npu.current_device()
         free, total = npu.mem_get_info(index)
-        return CapabilityDescriptor(
-            device_name=npu.get_device_name(index),
-            device_type="npu",
-            vendor="Huawei",
-            total_memory_bytes=total,
-            available_memory_bytes=free,
+        fallback = CapabilityDescriptor(
+            device_name="", device_type="npu", vendor="Huawei",
             supported_dtypes=["fp32", "fp16", "int8", *(["bf16"] if npu.is_bf16_supported() else [])],
-            supported_kernels=[],
-            supported_quant_formats=list(REFERENCE_QUANT_FORMATS),
-            has_graph_exec=False,
-            has_collective=True,  # HCCL
-            source="read from torch.npu (torch_npu) device name and mem_get_info at run time",
+            supported_quant_formats=list(GENERIC_QUANT_FORMATS), has_collective=True,
+            source="read from torch.npu (torch_npu) at run time; no chip family matched the device name",
         )
+        return runtime_capability(CHIPS, npu.get_device_name(index), total, free, fallback,
+                                  supported_kernels=sorted(KERNELS))

@@ -1,8 +1,8 @@
 """Hygon DCU platform: a cheap probe for discovery, and the platform class that reads the DCU.
 
-Vendor kernels land in a later issue; today this backend runs the portable reference kernels
-(accel.runtime.ops) on its device. DCUs run PyTorch's ROCm build, which calls the device "cuda".
-The probe does not import torch; only the platform class does, and only when asked.
+DCUs run PyTorch's ROCm build, which calls the device "cuda". The probe does not import torch; only the platform
+class does, and only when asked. capability() lays the running device's name, architecture and memory over its
+chip family's figures (accel_hygon.chips).
 """
 
 from __future__ import annotations
@@ -11,14 +11,15 @@ import importlib.util
 import os
 import shutil
 
+from accel.planning.chips import runtime_capability
 from accel.schema import CapabilityDescriptor
 
 PLATFORM = "accel_hygon.platform:HygonPlatform"
 SMI_TOOLS = ("hy-smi", "rocm-smi")
 # Hygon DCU product names (Z100, K100, K100_AI, BW...); AMD's ROCm GPUs carry none of these.
 DCU_NAME_MARKS = ("DCU", "Z100", "K100", "BW")
-# The reference dequant_linear runs on any torch device, so these formats run here today.
-REFERENCE_QUANT_FORMATS = ["w8a16", "w4a16", "w4a16-asym"]
+# What runs on a DCU of no known family: the int formats the Triton kernels or the reference cover.
+GENERIC_QUANT_FORMATS = ["w8a16", "w4a16", "w4a16-asym", "w8a8-int8", "kv-int8", "kv-int4"]
 
 
 def probe() -> str | None:
@@ -58,23 +59,22 @@ class HygonPlatform:
 
     @staticmethod
     def capability() -> CapabilityDescriptor:
-        """The current DCU, from ROCm torch.cuda's device properties and its free/total memory now."""
+        """The current DCU: its chip family's figures, with name, gfx architecture, memory and bf16 support read
+        through ROCm's torch.cuda now."""
         import torch
+
+        from accel_hygon.chips import CHIPS
+        from accel_hygon.kernels import kernels
 
         index = torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)
         free, total = torch.cuda.mem_get_info(index)
-        return CapabilityDescriptor(
-            device_name=props.name,
-            device_type="dcu",
-            vendor="Hygon",
+        dtypes = ["fp32", "fp16", "int8", *(["bf16"] if torch.cuda.is_bf16_supported() else [])]
+        fallback = CapabilityDescriptor(
+            device_name="", device_type="dcu", vendor="Hygon", supported_quant_formats=list(GENERIC_QUANT_FORMATS),
+            has_collective=True, source="read from ROCm torch.cuda at run time; no chip family matched the name",
+        )
+        return runtime_capability(
+            CHIPS, props.name, total, free, fallback, supported_dtypes=dtypes, supported_kernels=sorted(kernels()),
             compute_capability=props.gcnArchName.split(":")[0] or None,  # e.g. "gfx928"
-            total_memory_bytes=total,
-            available_memory_bytes=free,
-            supported_dtypes=["fp32", "fp16", "int8", *(["bf16"] if torch.cuda.is_bf16_supported() else [])],
-            supported_kernels=[],
-            supported_quant_formats=list(REFERENCE_QUANT_FORMATS),
-            has_graph_exec=False,
-            has_collective=True,  # RCCL
-            source="read from ROCm torch.cuda.get_device_properties and torch.cuda.mem_get_info at run time",
         )

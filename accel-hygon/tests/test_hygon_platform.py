@@ -89,6 +89,28 @@ def test_probe_entry_point_runs():
     assert probes["hygon"].error is None
 
 
+def test_capability_reads_the_dcu_over_its_family(monkeypatch):
+    props = type("Props", (), {"name": "K100_AI", "gcnArchName": "gfx928:sramecc+:xnack-"})()
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index=None: props)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index=None: (60 * 2**30, 64 * 2**30))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    capability = HygonPlatform.capability()
+    assert capability.device_name == "K100_AI" and capability.compute_capability == "gfx928"
+    assert capability.total_memory_bytes == 64 * 2**30 and "bf16" in capability.supported_dtypes
+    assert "chip family dcu-k100-ai" in capability.source
+    assert capability.peak_tflops == {}  # Hygon publishes none we could cite
+
+
+@pytest.mark.dcu
+@pytest.mark.skipif(not HygonPlatform.is_available(), reason="needs a Hygon DCU with ROCm PyTorch")
+def test_kernels_match_the_reference_on_the_dcu():
+    """On a real DCU: every kernel against the reference on the conformance inputs (never run here)."""
+    from accel.testing.conformance import check_backend_kernels_match_reference
+
+    check_backend_kernels_match_reference(load_registry().kernel_backend("hygon"))
+
+
 def test_dequant_linear_falls_back_to_reference():
     capability = CapabilityDescriptor(device_name="K100_AI", device_type="dcu")
     assert load_registry().select_kernel("dequant_linear", capability).backend == "reference"

@@ -1,7 +1,10 @@
 """accel-kunlun's hook module: registers the Kunlunxin XPU backend and answers kernel selection only for ops it has.
 
-Its kernel table is empty today, so every op on an XPU falls through to core's portable reference.
-Importing this module does not import torch_xmlir.
+Its kernel table is empty, so every op on an XPU runs core's portable reference. Kunlun's own quantized operators
+exist (baidu/vLLM-Kunlun calls torch.ops._C.scaled_int8_quant and torch.ops._C.matmul with x_pc_max / w_pc_max in
+vllm_kunlun/ops/quantization/kernels/kunlun_scale_mm.py), but they are registered by vLLM-Kunlun itself, documented
+only by that call site, and bound to the "cuda" device name that torch_xmlir builds use; we could not confirm a
+standalone, documented signature, so no call is made to them. Importing this module does not import torch_xmlir.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from accel_kunlun.platform import KunlunPlatform
 
 
 def kernels() -> dict[str, Callable[..., Any]]:
-    """This backend's own kernels by op name; none yet, so the reference kernels run."""
+    """This backend's own kernels by op name: none (module docstring), so the reference kernels run."""
     return {}
 
 

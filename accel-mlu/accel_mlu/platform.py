@@ -1,25 +1,35 @@
 """Cambricon MLU platform: a cheap probe for discovery, and the platform class that reads the MLU.
 
-Vendor kernels land in a later issue; today this backend runs the portable reference kernels
-(accel.runtime.ops) on its device. Only the platform class imports torch_mlu, and only when asked.
+The probe imports nothing of the vendor stack: it looks for torch_mlu (found, not imported), the MLU device nodes
+(/dev/cambricon_dev*), Cambricon's cnmon tool on PATH, or MLU_VISIBLE_DEVICES. Only the platform class imports
+torch_mlu, and only when asked. capability() lays the running device's name and memory over its chip family's
+published figures (accel_mlu.chips).
 """
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
+from accel.planning.chips import device_signs, runtime_capability
 from accel.schema import CapabilityDescriptor
 
 PLATFORM = "accel_mlu.platform:MLUPlatform"
 VENDOR_MODULE = "torch_mlu"
-# The reference dequant_linear runs on any torch device, so these formats run here today.
-REFERENCE_QUANT_FORMATS = ["w8a16", "w4a16", "w4a16-asym"]
+DEVICE_NODES = "/dev/cambricon_dev[0-9]*"
+DRIVER_TOOLS = ("cnmon",)
+DEVICE_ENV = ("MLU_VISIBLE_DEVICES",)
+# What runs on an MLU of no known family: the int formats every kernel here covers (vendor op or reference).
+GENERIC_QUANT_FORMATS = ["w8a16", "w4a16", "w4a16-asym", "w8a8-int8", "kv-int8", "kv-int4"]
+
+
+def signs() -> list[str]:
+    """What on this machine says a Cambricon MLU may be here (empty: nothing)."""
+    return device_signs((VENDOR_MODULE,), DRIVER_TOOLS, (DEVICE_NODES,), DEVICE_ENV)
 
 
 def probe() -> str | None:
-    """The platform's dotted name when torch_mlu is installed (found, not imported); else None."""
-    return PLATFORM if importlib.util.find_spec(VENDOR_MODULE) is not None else None
+    """The platform's dotted name when anything says an MLU may be here (signs()); else None."""
+    return PLATFORM if signs() else None
 
 
 def _mlu() -> Any:
@@ -45,20 +55,18 @@ class MLUPlatform:
 
     @staticmethod
     def capability() -> CapabilityDescriptor:
-        """The current MLU, from torch.mlu's device name and its free/total memory now."""
+        """The current MLU: its chip family's figures, with the name, free/total memory and bf16 support read now."""
+        from accel_mlu.chips import CHIPS
+        from accel_mlu.kernels import KERNELS
+
         mlu = _mlu()
         index = mlu.current_device()
         free, total = mlu.mem_get_info(index)
-        return CapabilityDescriptor(
-            device_name=mlu.get_device_name(index),
-            device_type="mlu",
-            vendor="Cambricon",
-            total_memory_bytes=total,
-            available_memory_bytes=free,
+        fallback = CapabilityDescriptor(
+            device_name="", device_type="mlu", vendor="Cambricon",
             supported_dtypes=["fp32", "fp16", "int8", *(["bf16"] if mlu.is_bf16_supported() else [])],
-            supported_kernels=[],
-            supported_quant_formats=list(REFERENCE_QUANT_FORMATS),
-            has_graph_exec=False,
-            has_collective=True,  # CNCL
-            source="read from torch.mlu (torch_mlu) device name and mem_get_info at run time",
+            supported_quant_formats=list(GENERIC_QUANT_FORMATS), has_collective=True,
+            source="read from torch.mlu (torch_mlu) at run time; no chip family matched the device name",
         )
+        return runtime_capability(CHIPS, mlu.get_device_name(index), total, free, fallback,
+                                  supported_kernels=sorted(KERNELS))

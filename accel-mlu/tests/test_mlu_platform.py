@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import glob
 import importlib
 import importlib.util
+import shutil
 import sys
+import types
 from importlib.machinery import ModuleSpec
 
 import pytest
+import torch
 from accel_mlu import platform
 from accel_mlu.platform import MLUPlatform
 
@@ -30,13 +34,31 @@ def vendor_found(monkeypatch, found: bool) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
 
 
-def test_probe_absent(monkeypatch):
+@pytest.fixture
+def absent(monkeypatch):
+    """No torch_mlu to find, no cnmon, no /dev/cambricon_dev*, no MLU_VISIBLE_DEVICES."""
     vendor_found(monkeypatch, False)
+    monkeypatch.setattr(shutil, "which", lambda cmd, *args, **kwargs: None)
+    monkeypatch.setattr(glob, "glob", lambda pattern, *args, **kwargs: [])
+    monkeypatch.delenv("MLU_VISIBLE_DEVICES", raising=False)
+    return monkeypatch
+
+
+def test_probe_absent(absent):
     assert platform.probe() is None
 
 
-def test_probe_present(monkeypatch):
-    vendor_found(monkeypatch, True)
+@pytest.mark.parametrize("sign", ["torch_mlu", "cnmon", "nodes", "MLU_VISIBLE_DEVICES"])
+def test_probe_present(absent, sign):
+    if sign == "torch_mlu":
+        vendor_found(absent, True)
+    elif sign == "cnmon":
+        absent.setattr(shutil, "which", lambda cmd, *args, **kwargs: "/usr/bin/cnmon" if cmd == sign else None)
+    elif sign == "nodes":
+        absent.setattr(glob, "glob", lambda pattern, *args, **kwargs: ["/dev/cambricon_dev0"])
+    else:
+        absent.setenv(sign, "0")
+    assert platform.signs()
     name = platform.probe()
     assert name == "accel_mlu.platform:MLUPlatform"
     module, _, attr = name.partition(":")
@@ -68,6 +90,30 @@ def test_probe_entry_point_runs():
     assert probes["mlu"].error is None
 
 
-def test_dequant_linear_falls_back_to_reference():
+def test_kernel_selection_on_an_mlu():
     capability = CapabilityDescriptor(device_name="MLU370-X8", device_type="mlu")
-    assert load_registry().select_kernel("dequant_linear", capability).backend == "reference"
+    registry = load_registry()
+    assert registry.select_kernel("dequant_linear", capability).backend == "reference"
+    assert registry.select_kernel("w8a8_int8_linear", capability).backend == "mlu"
+
+
+def test_capability_reads_the_mlu_over_its_family(monkeypatch):
+    runtime = types.SimpleNamespace(
+        is_available=lambda: True, current_device=lambda: 0, get_device_name=lambda index=None: "MLU370-X8",
+        mem_get_info=lambda index=None: (40 * 2**30, 48 * 2**30), is_bf16_supported=lambda: True,
+    )
+    monkeypatch.setitem(sys.modules, "torch_mlu", types.ModuleType("torch_mlu"))
+    monkeypatch.setattr(torch, "mlu", runtime, raising=False)
+    capability = MLUPlatform.capability()
+    assert capability.memory_bandwidth_gbps == 614.4 and capability.peak_tflops["int8"] == 256.0
+    assert capability.available_memory_bytes == 40 * 2**30
+    assert capability.supported_kernels == ["cached_attention", "w8a8_int8_linear"]
+
+
+@pytest.mark.mlu
+@pytest.mark.skipif(not MLUPlatform.is_available(), reason="needs a Cambricon MLU with torch_mlu")
+def test_kernels_match_the_reference_on_the_mlu():
+    """On a real MLU: every kernel against the reference on the conformance inputs (never run here)."""
+    from accel.testing.conformance import check_backend_kernels_match_reference
+
+    check_backend_kernels_match_reference(load_registry().kernel_backend("mlu"))

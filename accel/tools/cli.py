@@ -59,32 +59,66 @@ def plugins_command(as_json: bool = JSON_OPTION) -> None:
 
 @infer.command("check")
 def check_command(
-    profile: Path | None = typer.Option(None, "--profile", help="AccelConfig file (.yaml/.json)."),
+    profile: str | None = typer.Option(None, "--profile", help="AccelConfig file (.yaml/.json) or a preset name."),
     preset: str | None = typer.Option(None, "--preset", help=f"Preset name: {', '.join(preset_names())}."),
     backend: str | None = typer.Option(None, "--backend", help="Kernel backend to check (default: auto)."),
+    chip: str | None = typer.Option(
+        None, "--chip", help="Plan for a chip family from its published figures; it need not be present."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Which backends are present, what this device supports, and whether a profile can run here."""
+    """Which backends are present, what the device supports, and layer by layer which kernel would run a profile
+    there, what falls back and what is refused. A backend whose device is absent is planned for each of its chip
+    families (or the one --chip names)."""
+    from accel.compat import CompatReport, plugin_reasons
+    from accel.planning.planner import plan_profile, plan_targets
+    from accel.schema import profile_support
+
     registry = get_registry()
+    if profile is not None and preset is None and not Path(profile).exists() and profile in preset_names():
+        profile, preset = None, profile  # --profile w4a16 names a preset
     config = resolve_config(profile, preset)
     probes = run_platform_probes(registry.policy)
     backends = [
         {"name": name, "device_type": spec.device_type, "priority": spec.priority, "available": spec.is_available()}
         for name, spec in sorted(registry.kernel_backends().items(), key=lambda kv: -kv[1].priority)
     ]
-    report = check_config(config, registry, backend)
+    targets = plan_targets(registry, backend or config.quantization.kernel_backend, chip)
+    target_backend, capability, family = targets[0]
+    if family is None:  # the device in hand: the compatibility report as before
+        report = check_config(config, registry, backend)
+    else:
+        reasons = plugin_reasons(config, registry) + profile_support(config.quantization, capability)
+        report = CompatReport(backend=target_backend, capability=capability, reasons=reasons)
+    plans = [plan_profile(config.quantization, cap, registry, backend=name, chip=family)
+             for name, cap, family in targets]
     result = {
         "platforms": [p.__dict__ for p in probes],
         "backends": backends,
         "capability": report.capability.to_dict(),
         "profile": config.quantization.scheme_name(),
         "compatibility": report.to_dict(),
+        "plans": [plan.to_dict() for plan in plans],
     }
+    runs = not plugin_reasons(config, registry) and all(plan.ok for plan in plans)
     if as_json:
         emit_json(result)
     else:
         _print_check(result, report.ok)
-    if not report.ok:
+        for plan in plans:
+            where = f"chip family {plan.chip} (published figures)" if plan.chip else plan.device
+            table = Table(title=f"plan: {plan.profile} on {plan.backend}, {where}")
+            for column in ("layer", "requested", "runs", "op", "kernel backend", "status", "note"):
+                table.add_column(column)
+            for layer in plan.layers:
+                colour = {"ok": "green", "fallback": "yellow", "refused": "red"}[layer.status]
+                table.add_row(layer.kind, layer.requested, layer.planned, layer.op, layer.backend,
+                              f"[{colour}]{layer.status}[/]", layer.note)
+            console.print(table)
+            for line in [*(f"[yellow]warning:[/] {w}" for w in plan.warnings),
+                         *(f"[red]refused:[/] {r}" for r in plan.refused)]:
+                console.print(f"  {line}", highlight=False)
+    if not runs:
         raise typer.Exit(1)
 
 
@@ -214,6 +248,11 @@ def quantize_command(
     )
     config = config.model_copy(update={"quantization": quant})
     target = out or Path("accel-out") / f"{(model or 'bundled').strip('/').replace('/', '--')}-{quant.scheme_name()}"
+    if config.sparsity is not None and config.sparsity.pattern != "none":
+        # A sparse profile (e.g. w4a16-2:4) prunes first, then quantizes keeping the mask: what `prune
+        # --then-quantize` does, with the profile's own pruning recipe.
+        _quantize_sparse(config, model, target, artifact_format, eval_tokens, as_json, preset or str(profile))
+        return
     report = run_quantize(config, get_registry(), model_name=model, out=target, artifact_format=artifact_format,
                           eval_tokens=eval_tokens, progress=not as_json)
     if as_json:
@@ -230,6 +269,23 @@ def quantize_command(
     table.add_row("peak memory (GB)", "", f"{report.quantization.peak_rss_bytes / 1e9:.2f}")
     console.print(table)
     console.print(f"artifact: {report.artifact} ({(report.artifact_bytes or 0) / 1e6:.1f} MB on disk)")
+
+
+def _quantize_sparse(
+    config: Any, model: str | None, target: Path, artifact_format: str, eval_tokens: int | None, as_json: bool,
+    name: str,
+) -> None:
+    from accel.tools.prune import run_prune
+
+    if artifact_format != "compressed-tensors":
+        raise fail(f"--format {artifact_format}: a sparse profile writes compressed-tensors with accel's sparse form")
+    registry = get_registry()
+    if config.sparsity.method not in registry.pruning_methods():
+        raise fail(f"the profile's sparsity.method {config.sparsity.method!r} is not installed (have: "
+                   f"{', '.join(sorted(registry.pruning_methods()))}); pip install accel-sparsegpt or set the method")
+    report = run_prune(config, registry, model_name=model, then_quantize=name, out=target, eval_tokens=eval_tokens,
+                       progress=not as_json)
+    _print_prune_report(report, as_json)
 
 
 @infer.command("run-speculative")
@@ -501,6 +557,12 @@ def prune_command(
     target = out or Path("accel-out") / (name + (f"-{then_quantize}" if then_quantize else ""))
     report = run_prune(AccelConfig(quantization=quant, sparsity=sparsity), registry, model_name=model,
                        then_quantize=then_quantize, out=target, eval_tokens=eval_tokens, progress=not as_json)
+    _print_prune_report(report, as_json)
+
+
+def _print_prune_report(report: Any, as_json: bool) -> None:
+    """The closing tables of a prune run (accel.tools.prune.PruneReport), or its JSON."""
+    pattern, method, then_quantize = report.pattern, report.method, report.then_quantize
     if as_json:
         emit_json(report.to_dict())
         return
