@@ -44,11 +44,13 @@ def make_sparse(n: int, k: int, seed: int):
     return q, pack_int32(kept, 4), indices, scale, dense
 
 
-def candidates(m: int, n: int, k: int, sms: int):
+def candidates(m: int, n: int, k: int, sms: int, pair: bool):
     from accel_cuda.kernels.w4a16_sparse24_gemv import SparseGemvConfig
 
     out = []
-    for bn, ng, pf, w in itertools.product((8, 16, 32), (1, 2, 4), (True, False), (2, 4)):
+    grid = itertools.product((16, 32, 64), (2, 4, 8), (False,), (2, 4, 8)) if pair else itertools.product(
+        (8, 16, 32), (2, 4, 8), (True, False), (2, 4, 8))
+    for bn, ng, pf, w in grid:
         steps = -(-k // (ng * 128))
         tiles = -(-n // bn) * m
         for per_sm in (4, 8, 16):
@@ -64,6 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     from accel_cuda.kernels import w4a16_gemv as gv
     from accel_cuda.kernels import w4a16_sparse24_gemv as sg
+    from accel_cuda.kernels import w4a16_sparse24_pair as sp
 
     torch.manual_seed(0)
     props = torch.cuda.get_device_properties(0)
@@ -75,6 +78,7 @@ def main() -> None:
     for name, n, k in SHAPES:
         sets = [make_sparse(n, k, seed=40 + i) for i in range(SETS)]
         sparse = [(*sg.prepare_sparse24(v, i), s) for _, v, i, s, _ in sets]
+        paired = [(*sp.prepare_pairs(w, p), s) for w, p, s in sparse]
         dense_words = [gv.permute_nibbles(pack_int32(q, 4)) for q, *_ in sets]
         int4 = [torch_int4(q, s, None) for q, _, _, s, _ in sets]
         for m in [int(v) for v in args.ms.split(",")]:
@@ -89,42 +93,51 @@ def main() -> None:
             dense_err = rel_err(dense_calls[0](), ref)
             dense_us = graph_us(dense_calls, quick=True)
             timings = []
-            for cfg in candidates(m, n, k, sms):
-                calls = [functools.partial(sg.w4a16_sparse24_gemv, x, w, p, s, None, config=cfg) for w, p, s in sparse]
-                try:
-                    err = rel_err(calls[0](), ref)
-                    us = graph_us(calls, quick=True)
-                except Exception as exc:
-                    print(f"  {name} M={m} {cfg}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
-                    continue
-                timings.append({"cfg": cfg.__dict__, "us": us, "err": err})
+            for kind, fn, tensors in (("row", sg.w4a16_sparse24_gemv, sparse), ("pair", sp.w4a16_sparse24_pair_gemv,
+                                                                                 paired)):
+                for cfg in candidates(m, n, k, sms, kind == "pair"):
+                    calls = [functools.partial(fn, x, w, p, s, None, config=cfg) for w, p, s in tensors]
+                    try:
+                        err = rel_err(calls[0](), ref)
+                        us = graph_us(calls, quick=True)
+                    except Exception as exc:
+                        print(f"  {name} M={m} {kind} {cfg}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+                        continue
+                    timings.append({"kernel": kind, "cfg": cfg.__dict__, "us": us, "err": err})
             timings.sort(key=lambda t: t["us"])
             ok = [t for t in timings if t["err"] < 1e-2]
             sweep.append({"shape": name, "m": m, "timings": timings})
             if not ok:
                 print(f"{name} M={m}: no correct config ({timings[:3]})", flush=True)
                 continue
-            best = ok[0]
+            best = next(t for t in ok if t["kernel"] == "row")  # the kernel the runtime ships
+            pair_best = next((t for t in ok if t["kernel"] == "pair"), None)
             tuned.setdefault(f"{n}x{k}g{GROUP}", {})[str(m)] = best["cfg"]
             sparse_bytes = n * k * 3 / 8 + n * (k // GROUP) * 2
             rows.append({"shape": f"{n}x{k} {name}", "M": m, "bf16_us": bf16_us, "torch_int4_us": int4_us,
                          "dense_int4_us": dense_us, "sparse24_us": best["us"],
                          "floor_us": sparse_bytes / (bw * 1e6), "x_dense_int4": dense_us / best["us"],
                          "x_bf16": bf16_us / best["us"], "err": best["err"], "dense_err": dense_err,
+                         "pair_us": pair_best["us"] if pair_best else None,
+                         "pair_x_dense_int4": dense_us / pair_best["us"] if pair_best else None,
                          "plan": str(best["cfg"])})
             print(f"{name:8s} M={m} bf16 {bf16_us:5.1f} int4mm {int4_us:5.1f} dense {dense_us:5.1f} | " + " | ".join(
-                f"{t['us']:5.1f} bn{t['cfg']['block_n']} ng{t['cfg']['ng']} s{t['cfg']['split']} "
+                f"{t['kernel']} {t['us']:5.1f} bn{t['cfg']['block_n']} ng{t['cfg']['ng']} s{t['cfg']['split']} "
                 f"pf{int(t['cfg']['prefetch'])} w{t['cfg']['num_warps']} e{t['err']:.0e}" for t in ok[:4]), flush=True)
         del sets, sparse, dense_words, int4
-    if args.dump_ir:
-        for cache in sg._sparse_gemv_kernel.device_caches.values():
-            for i, compiled in enumerate(cache[0].values()):
-                with open(f"{args.dump_ir}/sparse_{i}_r{compiled.n_regs}.ttgir", "w") as f:
-                    f.write(compiled.asm.get("ttgir", ""))
-                if i > 3:
-                    break
+    if args.dump_ir:  # per compiled variant: its key, registers and the layout conversions its TTGIR has
+        summary = []
+        for kernel in (sg._sparse_gemv_kernel, sp._pair_kernel):
+            for cache in kernel.device_caches.values():
+                for key, compiled in cache[0].items():
+                    ttgir = compiled.asm.get("ttgir", "")
+                    summary.append({"kernel": kernel.fn.__name__, "key": str(key)[-400:], "regs": compiled.n_regs,
+                                    "spills": compiled.n_spills, "converts": ttgir.count("convert_layout"),
+                                    "barriers_in_sass": compiled.asm.get("sass", "").count("BAR.SYNC")})
+        with open(f"{args.dump_ir}/variants.json", "w") as f:
+            json.dump(summary, f, indent=1)
     columns = ["shape", "M", "bf16_us", "torch_int4_us", "dense_int4_us", "sparse24_us", "floor_us", "x_dense_int4",
-               "x_bf16", "err", "plan"]
+               "x_bf16", "pair_us", "pair_x_dense_int4", "err", "plan"]
     meta = {**environment(), "triton": triton.__version__, "sm_count": sms, "copy_bandwidth_tbps": round(bw, 3),
             "group_size": GROUP, "seconds": round(time.perf_counter() - started, 1), "sweep": sweep}
     write_results("kernels_sparse24", f"2:4-sparse x int4 decode GEMV on {props.name}", columns, rows, meta,

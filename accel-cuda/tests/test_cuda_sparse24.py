@@ -96,3 +96,20 @@ def test_registered_op_matches_core_reference():
         args, kwargs = choice.prepare(values, indices, scale, zp, group)
         got = choice.impl(x, *args, **kwargs)
         assert relative_error(got, expected) < BOUND[torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize(("n", "k"), [(14336, 4096), (4096, 14336), (1000, 2048), (136, 384)])
+@pytest.mark.parametrize("m", [1, 2])
+def test_row_pair_variant_matches_float64(m, n, k, symmetric, dtype):
+    from accel_cuda.kernels.w4a16_sparse24_gemv import SparseGemvConfig, prepare_sparse24
+    from accel_cuda.kernels.w4a16_sparse24_pair import prepare_pairs, w4a16_sparse24_pair_gemv
+
+    x, values, indices, scale, zp, dense = make_case(m, n, k, symmetric, dtype)
+    words, positions = prepare_pairs(*prepare_sparse24(values, indices))
+    expected = x.double() @ dense.T
+    for cfg in (None, SparseGemvConfig(block_n=32, ng=2, split=3, prefetch=False)):
+        out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+        got = w4a16_sparse24_pair_gemv(x, words, positions, scale, zp, config=cfg, out=out)
+        assert relative_error(got, expected) < BOUND[dtype]
