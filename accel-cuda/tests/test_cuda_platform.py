@@ -98,7 +98,7 @@ def test_plugin_import_does_not_import_triton():
     assert after == before, "loading the plugin or its kernel table imported triton"
 
 
-KERNEL_OPS = {"w4a16_linear", "w8a8_int8_linear", "fp8_linear", "cached_attention"}
+KERNEL_OPS = {"w4a16_linear", "w4a16_sparse24_linear", "w8a8_int8_linear", "fp8_linear", "cached_attention"}
 
 
 def test_kernel_table_has_the_triton_kernels_where_triton_is_installed():

@@ -24,6 +24,7 @@ __all__ = [
     "fp8_linear",
     "kernel_choice",
     "w4a16_linear",
+    "w4a16_sparse24_linear",
     "w8a8_int8_linear",
 ]
 
@@ -82,6 +83,25 @@ def w4a16_linear(
 @w4a16_linear.register_fake
 def _(x, weight_packed, weight_scale, weight_zero_point, group_size):  # type: ignore[no-untyped-def]
     return _linear_shape(x, weight_packed)
+
+
+@torch.library.custom_op("accel::w4a16_sparse24_linear", mutates_args=())
+def w4a16_sparse24_linear(
+    x: torch.Tensor,
+    values_packed: torch.Tensor,
+    indices: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor | None,
+    group_size: int,
+) -> torch.Tensor:
+    """accel.runtime.ops.w4a16_sparse24_linear (compact 2:4 form), on the selected kernel."""
+    impl = kernel_choice("w4a16_sparse24_linear", x.device.type).impl
+    return impl(x, values_packed, indices, weight_scale, weight_zero_point, group_size)
+
+
+@w4a16_sparse24_linear.register_fake
+def _(x, values_packed, indices, weight_scale, weight_zero_point, group_size):  # type: ignore[no-untyped-def]
+    return x.new_empty((*x.shape[:-1], values_packed.shape[0]))
 
 
 @torch.library.custom_op("accel::w8a8_int8_linear", mutates_args=())
