@@ -27,7 +27,7 @@ from typing import Any
 import common
 import torch
 from common import environment, write_results
-from speculative_cpu import PROMPTS
+from speculative_cpu import PROMPTS as CPU_PROMPTS
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from accel.runtime.generate import Generator
@@ -48,7 +48,19 @@ STRATEGIES = [  # (name, drafter, k)
     ("self_quant w4a16", "w4a16", 4),
     ("layer_skip", "layer_skip", 4),
 ]
-TARGETS = {"summarise": 1.6, "chat": 1.3}  # best strategy's speed-up over plain decoding, issue 5
+# The CPU benchmark's chat and code prompts; the repeat-heavy kind here is a copy task the bundled model carries out
+# word for word (67 tokens; the CPU prompt's "repeat then summarise" gets 17 tokens on the GPU, mostly prefill).
+PROMPTS = {
+    "chat": CPU_PROMPTS["chat"],
+    "repeat": (
+        "Repeat the following paragraph exactly, word for word:\n\nThe river rises in the northern hills and runs "
+        "south for two hundred miles. Along its banks stand old mills, stone bridges and small farms, and in spring "
+        "the water carries snow from the mountains down to the sea. Fishermen wait at dawn for the tide, and "
+        "children play on the wide sandy shore until the sun goes down."
+    ),
+    "code": CPU_PROMPTS["code"],
+}
+TARGETS = {"repeat": 1.6, "chat": 1.3}  # best strategy's speed-up over plain decoding, issue 5
 SMOLLM2_135M = LlamaConfig(  # the bundled model's shapes, for --random
     vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
     num_key_value_heads=3, rms_norm_eps=1e-5, rope_theta=100000.0, max_position_embeddings=8192,
