@@ -116,6 +116,7 @@ def main() -> None:
         row["delta_pct"] = 100 * (row["perplexity"] / base - 1)
     targets = _targets({row["config"]: row for row in rows})
     meta = {**environment(), "model": "SmolLM2-135M-Instruct (bundled, FP32)", "eval_seq_len": SEQ_LEN,
+            "max_tokens": args.max_tokens,
             "targets": targets}
     columns = ["config", "description", "perplexity", "delta_pct", "top1_agreement", "size_mb", "quantize_s",
                "calibration_tokens", "peak_rss_gb", "tokens"]

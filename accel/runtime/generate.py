@@ -22,13 +22,14 @@ import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
-from accel.runtime.kv_cache import StaticKVCache
+from accel.runtime.kv_cache import RuntimeKVCache
 from accel.runtime.model import DecoderModel
 
-__all__ = ["GenerationResult", "Generator", "generate", "logits_to_probs", "sample"]
+__all__ = ["GenerationObserver", "GenerationResult", "Generator", "generate", "logits_to_probs", "sample"]
 
 EOS_CHECK_INTERVAL = 16
 DEFAULT_MAX_SEQ = 2048
@@ -91,6 +92,14 @@ class GenerationResult:
         return len(self.tokens) * len(self.decode_times_s) / total if total > 0 else float("nan")
 
 
+class GenerationObserver(Protocol):
+    """What a Generator reports to; accel.integration.metrics.ServingMetrics is one."""
+
+    def observe_setup(self, model: DecoderModel, cache: RuntimeKVCache) -> None: ...
+
+    def observe_generation(self, result: GenerationResult) -> None: ...
+
+
 @dataclass
 class _CapturedStep:
     """One (batch size, width T) step in a CUDA graph: static input tokens [B, T], logits [B, T, vocab] and
@@ -109,6 +118,10 @@ class Generator:
     torch.compile(mode="max-autotune-no-cudagraphs") on the step first. On CPU the step runs eagerly.
     step_widths: widths T > 1 whose `step` is captured too (one graph per batch size and width, at the batch's
     first prefill), for speculative verification of k drafts (T = k + 1); other widths run eagerly.
+    cache: a cache to decode through instead of the model's static one (e.g. kv_runtime's PagedKVCache); it sets
+    max_batch, max_seq and the KV format, and CUDA graphs default to off when it is not capturable.
+    metrics: an observer (accel.integration.metrics.ServingMetrics) told the model and cache once (observe_setup)
+    and every generate's result (observe_generation), for Prometheus.
     """
 
     def __init__(
@@ -121,6 +134,8 @@ class Generator:
         cuda_graphs: bool | None = None,
         compile: bool = False,
         step_widths: Sequence[int] = (),
+        cache: RuntimeKVCache | None = None,
+        metrics: GenerationObserver | None = None,
     ) -> None:
         if any(width < 2 for width in step_widths):
             raise ValueError(f"step_widths are widths T > 1 to capture besides decode (T = 1), got {list(step_widths)}")
@@ -128,9 +143,17 @@ class Generator:
         device = model.device
         if cuda_graphs and device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, it is on {device}")
-        self.cuda_graphs = device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        if cache is not None and kv_format is not None:
+            raise ValueError("pass kv_format or cache, not both: the given cache stores K/V in its own format")
+        if cuda_graphs and cache is not None and not cache.capturable:
+            raise ValueError(
+                f"{type(cache).__name__} syncs with the host on every step and cannot be captured in a CUDA graph; "
+                "pass cuda_graphs=False"
+            )
+        capturable = cache is None or cache.capturable
+        self.cuda_graphs = device.type == "cuda" and capturable if cuda_graphs is None else cuda_graphs
         max_seq = max_seq or min(DEFAULT_MAX_SEQ, model.args.max_position_embeddings)
-        self.cache: StaticKVCache = model.new_cache(max_batch, max_seq, kv_format)
+        self.cache: RuntimeKVCache = cache if cache is not None else model.new_cache(max_batch, max_seq, kv_format)
         self._step = self._forward
         if compile:
             # The backends' kernels are opaque to dynamo (graph breaks), so the step compiles as one frame per
@@ -145,6 +168,9 @@ class Generator:
         self._graphs: dict[tuple[int, int], _CapturedStep] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self._lengths: list[int] = []
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.observe_setup(model, self.cache)
 
     @property
     def max_batch(self) -> int:
@@ -342,7 +368,10 @@ class Generator:
         if eos_ids is not None:
             stops = set(eos_ids.tolist())
             rows = [row[: next((i + 1 for i, tok in enumerate(row) if tok in stops), len(row))] for row in rows]
-        return GenerationResult(rows, [len(prompt) for prompt in prompts], ttft, timer.times())
+        result = GenerationResult(rows, [len(prompt) for prompt in prompts], ttft, timer.times())
+        if self.metrics is not None:
+            self.metrics.observe_generation(result)
+        return result
 
 
 def _synchronize(device: torch.device) -> None:

@@ -13,6 +13,7 @@ it is declared in ops.OPS, else the kv_ops reference directly.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
@@ -20,7 +21,7 @@ from accel.runtime import kv_ops
 from accel.runtime.kv_ops import KV_FORMATS, KV_INT4_GROUP, KVTensors, kv_quantize
 from accel.runtime.quant_backend import KernelSelector
 
-__all__ = ["StaticKVCache", "check_kv_format"]
+__all__ = ["RuntimeKVCache", "StaticKVCache", "check_kv_format"]
 
 ATTENTION_OP = "cached_attention"
 
@@ -41,8 +42,38 @@ def _scatter_rows(store: torch.Tensor, new: torch.Tensor, positions: torch.Tenso
     store.scatter_(2, index, new)
 
 
+class RuntimeKVCache(Protocol):
+    """What DecoderModel.prefill/decode and Generator use of a cache: StaticKVCache, or a paged cache such as
+    accel.integration.kv_runtime.PagedKVCache. `capturable` says whether a decode step through it can be captured
+    in a CUDA graph (no host syncs, fixed addresses)."""
+
+    seq_lens: torch.Tensor
+    max_seq: int
+    capturable: bool
+
+    @property
+    def max_batch(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def rows(self, batch: int) -> RuntimeKVCache: ...
+
+    def reset(self) -> None: ...
+
+    def write_prompt(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None: ...
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None: ...
+
+    def attend(self, layer: int, q: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float) -> torch.Tensor: ...
+
+    def nbytes(self) -> int: ...
+
+
 class StaticKVCache:
     """K/V of every layer for up to `max_batch` rows of up to `max_seq` tokens, in `kv_format`."""
+
+    capturable = True
 
     def __init__(
         self,

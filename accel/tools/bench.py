@@ -42,6 +42,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from accel.integration.metrics import metrics_block, metrics_markdown
+
 __all__ = [
     "BASELINE",
     "CONFIGS",
@@ -473,7 +475,8 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = lambda messa
     del settings_meta["device"]  # meta's "device" is the card's name
     meta = {**env, **settings_meta, "model_description": source.name, "seconds": time.perf_counter() - started}
     title = f"End-to-end decode on {env['device']}: {source.name}, {settings.dtype}"
-    return {"title": title, "meta": meta, "columns": columns(settings), "rows": rows, "notes": NOTES}
+    return {"title": title, "meta": meta, "columns": columns(settings), "rows": rows, "notes": NOTES,
+            "metrics": metrics_block(rows)}
 
 
 NOTES = (
@@ -511,8 +514,10 @@ def write_results(data: dict[str, Any], out: Path) -> tuple[Path, Path]:
     atomic_write_text(out, json.dumps(data, indent=2, default=str) + "\n")
     meta = "\n".join(f"- {k}: {v}" for k, v in data["meta"].items() if not isinstance(v, dict | list | tuple))
     kernels = "\n".join(f"- {row['config']}: {row['kernels']}" for row in data["rows"] if row.get("kernels"))
+    standard = metrics_markdown(data["metrics"]) if data.get("metrics") else ""
     atomic_write_text(
         md, f"# {data['title']}\n\n{meta}\n\n{markdown(data)}\n\n{data['notes']}\n\nKernels:\n\n{kernels}\n"
+        + (f"\n{standard}\n" if standard else "")
     )
     return out, md
 

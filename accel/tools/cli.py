@@ -299,34 +299,59 @@ def run_speculative_command(
     draft_quantization: str = typer.Option("w8a16", "--draft-quantization", help="Preset for --draft self_quant."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
     seed: int = typer.Option(0, "--seed"),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", min=0, max=65535, help="Serve Prometheus metrics on 127.0.0.1:PORT (0: a free port)."
+    ),
+    metrics_hold: float = typer.Option(
+        60.0, "--metrics-hold", min=0.0, help="Seconds to keep serving metrics after decoding (with --metrics-port)."
+    ),
+    price: float | None = typer.Option(
+        None, "--price-per-gpu-hour", help="US dollars per GPU-hour, for the cost-per-million-tokens metric."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Decode one prompt with speculative decoding; print the text and vLLM-style metrics."""
+    """Decode one prompt with speculative decoding; print the text and vLLM-style metrics (and serve them in
+    Prometheus format with --metrics-port)."""
     from accel.runtime.loaders import load_model
     from accel.schema import SpeculativeConfig
     from accel.speculative.verifier import SamplingParams
-    from accel.tools.speculative import chat_input_ids, run_speculative
+    from accel.tools.speculative import MetricsExport, chat_input_ids, run_speculative
 
     config = SpeculativeConfig(strategy=draft, num_speculative_tokens=k, max_speculative_tokens=max(k, 8),
                                draft_model=draft_model, draft_quantization=draft_quantization)
-    target, tokenizer = load_model(model)
-    ids = chat_input_ids(tokenizer, prompt)
-    tokens, metrics = run_speculative(get_registry(), config, target, tokenizer, ids, max_new_tokens,
-                                      SamplingParams(temperature=temperature, seed=seed))
-    text = tokenizer.decode(tokens[0], skip_special_tokens=True)
-    data = {"model": model or "bundled", "draft": draft, "text": text, "metrics": metrics.to_dict()}
-    if as_json:
-        emit_json(data)
-        return
-    sys.stdout.write(text + "\n")
-    table = Table(title=f"speculative decoding ({draft})")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in metrics.to_dict().items():
-        shown = ", ".join(f"{v:.2f}" for v in value) if isinstance(value, list) else (
-            f"{value:.3f}" if isinstance(value, float) else str(value))
-        table.add_row(key, shown)
-    console.print(table)
+    export = None if metrics_port is None else MetricsExport(metrics_port, f"speculative-{draft}", price)
+    if export is not None:
+        console.print(f"metrics at {export.url}", highlight=False)
+    hold = 0.0  # until the request is done: a failed run stops the exporter at once
+    try:
+        target, tokenizer = load_model(model)
+        ids = chat_input_ids(tokenizer, prompt)
+        tokens, metrics = run_speculative(get_registry(), config, target, tokenizer, ids, max_new_tokens,
+                                          SamplingParams(temperature=temperature, seed=seed))
+        if export is not None:
+            export.observe(metrics)
+        text = tokenizer.decode(tokens[0], skip_special_tokens=True)
+        data = {"model": model or "bundled", "draft": draft, "text": text, "metrics": metrics.to_dict(),
+                **({"metrics_url": export.url} if export is not None else {})}
+        if as_json:
+            emit_json(data)
+        else:
+            sys.stdout.write(text + "\n")
+            table = Table(title=f"speculative decoding ({draft})")
+            table.add_column("metric")
+            table.add_column("value", justify="right")
+            for key, value in metrics.to_dict().items():
+                shown = ", ".join(f"{v:.2f}" for v in value) if isinstance(value, list) else (
+                    f"{value:.3f}" if isinstance(value, float) else str(value))
+                table.add_row(key, shown)
+            console.print(table)
+        sys.stdout.flush()
+        if export is not None and metrics_hold > 0:
+            console.print(f"serving metrics at {export.url} for {metrics_hold:g} s (Ctrl-C to stop)", highlight=False)
+            hold = metrics_hold
+    finally:
+        if export is not None:
+            export.close(hold)
 
 
 bench_app = typer.Typer(help="End-to-end decode benchmark of the runtime, and the performance gate.")
@@ -392,13 +417,13 @@ def bench_command(
         raise typer.Exit(1)
 
 
-@bench_app.command("gate")
-def bench_gate_command(
-    results: Path = typer.Argument(..., help="Results JSON written by `sage infer bench --out`."),
+@infer.command("gate")
+def gate_command(
+    results: Path = typer.Argument(..., help="Results JSON: `sage infer bench --out` or any bench/results/*.json."),
     baseline: Path | None = typer.Option(
-        None, "--baseline", help="Baseline JSON {metric: {min|max, why}}, e.g. bench/baselines/targets.json."
+        None, "--baseline", help="Baseline JSON {metric: {min|max, why, tolerance?}}, e.g. bench/baselines/*.json."
     ),
-    tolerance: float = typer.Option(0.05, "--tolerance", help="Relative slack on every bound."),
+    tolerance: float = typer.Option(0.05, "--tolerance", help="Relative slack on every bound without its own."),
     kernels: list[Path] = typer.Option(
         [], "--kernels", help="Kernel results JSON (repeatable; default: kernels_*.json beside RESULTS)."
     ),
@@ -407,49 +432,69 @@ def bench_gate_command(
     ),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Compare the ratios of a results file with a baseline; exit 1 on any regression or missing metric."""
+    """Compare a results file's ratios with a baseline: a diff of measured against allowed; exit 1 on any
+    regression beyond its tolerance or missing metric."""
     from accel.schema.io import atomic_write_text
     from accel.tools.perf_gate import (
         baseline_from_results,
-        check_requirements,
-        gate,
         kernel_files,
-        load_baseline,
         load_results,
+        report,
         results_metrics,
+        run_gate,
     )
 
     if (baseline is None) == (write_baseline is None):
         raise fail("give --baseline FILE to gate, or --write-baseline FILE to record one (not both)")
-    data = load_results(results)
-    metrics = results_metrics(data, kernel_files(data, results, kernels))
     if write_baseline is not None:
+        data = load_results(results)
+        metrics = results_metrics(data, kernel_files(data, results, kernels))
         atomic_write_text(write_baseline, json.dumps(baseline_from_results(data, metrics), indent=2) + "\n")
         console.print(f"wrote {write_baseline}", highlight=False)
         return
-    requires, bounds = load_baseline(baseline)
-    mismatches = check_requirements(data, requires)
-    errors = {row["config"]: row["error"] for row in data["rows"] if row.get("error")}
-    checks = gate(metrics, bounds, tolerance, errors)
-    passed = not mismatches and all(check.status == "pass" for check in checks)
+    outcome = run_gate(results, baseline, tolerance, kernels)
     if as_json:
-        emit_json({"results": str(results), "baseline": str(baseline), "tolerance": tolerance, "passed": passed,
-                   "requirements": mismatches, "checks": [check.to_dict() for check in checks]})
+        emit_json(outcome.to_dict())
     else:
-        table = Table(title=f"perf gate: {results} against {baseline} (tolerance {tolerance:.0%})")
-        for column in ("metric", "status", "value", "bound", "why"):
-            table.add_column(column)
-        colour = {"pass": "green", "fail": "red", "missing": "red"}
-        for check in checks:
-            value = "" if check.value is None else f"{check.value:.4g}"
-            bound = f"{'>=' if check.bound == 'min' else '<='} {check.limit:.4g}"
-            table.add_row(check.metric, f"[{colour[check.status]}]{check.status}[/]", value, bound, check.why)
-        console.print(table)
-        for line in [*mismatches, *(c.message for c in checks if c.status == "missing")]:
-            console.print(f"[red]-[/] {line}", highlight=False)
-        console.print("[green]passed[/]" if passed else "[bold red]failed[/]")
-    if not passed:
+        sys.stderr.write(f"perf gate: {results} against {baseline} (default tolerance {tolerance:.0%})\n\n"
+                         f"{report(outcome.checks, outcome.mismatches)}\n")
+    if not outcome.passed:
         raise typer.Exit(1)
+
+
+# `sage infer bench gate` is the same command, kept for existing scripts.
+bench_app.command("gate")(gate_command)
+
+
+@infer.command("panel")
+def panel_command(
+    results: list[Path] = typer.Argument(..., help="Results JSON files, e.g. bench/results/*.json."),
+    out: Path | None = typer.Option(None, "--out", help="Write the HTML page here (default: accel-panel.html)."),
+    serve: bool = typer.Option(False, "--serve", help="Serve the page on localhost until interrupted."),
+    port: int = typer.Option(8765, "--port", help="Port for --serve (0 picks a free one)."),
+    price: float | None = typer.Option(
+        None, "--price-per-gpu-hour", help="US dollars per GPU-hour, for cost per million tokens "
+        "(default: ACCEL_PRICE_PER_GPU_HOUR)."
+    ),
+) -> None:
+    """One self-contained HTML page comparing baseline and compressed configurations: speed, memory, cost and
+    quality, with charts."""
+    from accel.tools.panel import build_panel, make_server, write_panel
+
+    page = build_panel(results, price)
+    if out is not None or not serve:
+        path = write_panel(page, out or Path("accel-panel.html"))
+        console.print(f"wrote {path} ({len(page) / 1e3:.0f} kB, {len(results)} results file(s))", highlight=False)
+    if serve:
+        server = make_server(page, port)
+        host, bound = server.server_address[:2]
+        console.print(f"serving the panel at http://{host}:{bound}/ (Ctrl-C to stop)", highlight=False)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
 
 
 @infer.command("distill")

@@ -6,6 +6,7 @@ tokenizer, the registry, or a separate draft model loaded from `config.draft_mod
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -63,3 +64,32 @@ def run_speculative(
     return speculative_generate(
         target, input_ids, drafter, max_new_tokens, params, config, eos_token_id=tokenizer.eos_token_id
     )
+
+
+class MetricsExport:
+    """`run-speculative --metrics-port`: the run's Prometheus metrics (accel.integration.metrics.ServingMetrics),
+    served on localhost from before decoding until `close`, which keeps them up `hold_s` seconds more so that a
+    scraper polling every few seconds sees the finished request."""
+
+    def __init__(self, port: int, config_name: str, price_per_gpu_hour: float | None = None) -> None:
+        from accel.integration.metrics import ServingMetrics
+
+        self.metrics = ServingMetrics(config_name, price_per_gpu_hour=price_per_gpu_hour)
+        self.server = self.metrics.serve(port)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def observe(self, request: RequestMetrics) -> None:
+        self.metrics.observe_speculative(request)
+
+    def close(self, hold_s: float = 0.0) -> None:
+        """Keep serving for hold_s seconds (Ctrl-C ends the wait), then stop the exporter."""
+        try:
+            if hold_s > 0:
+                time.sleep(hold_s)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.server.close()

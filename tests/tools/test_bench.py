@@ -40,6 +40,9 @@ def test_bundled_cpu_run_writes_results_naming_the_device(tmp_path):
     assert rows["bf16"]["agreement"] == 1 and rows["bf16"]["tps_b1_x_bf16"] == 1
     assert rows["w4a16"]["kernels"]["w4a16_linear"] == "reference"
     assert rows["w4a16"]["weights_gb"] < rows["bf16"]["weights_gb"]
+    standard = data["metrics"]["configs"]  # accel.integration.metrics' block, named as in every results file
+    assert standard["w4a16"]["throughput_tok_s"] == rows["w4a16"]["tps_b1"]
+    assert standard["w4a16"]["weights_gb"] == rows["w4a16"]["weights_gb"] and standard["bf16"]["speedup"] == 1
 
 
 @pytest.mark.slow
