@@ -59,7 +59,7 @@ __all__ = [
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 ROPE_TYPES = ("default", "linear", "llama3")
-RANDOM_QUANT = ("none", "w4a16", "w4a16-asym", "w8a16", "w8a8-int8", "w8a8-fp8")
+RANDOM_QUANT = ("none", "w4a16", "w4a16-asym", "w4a16-2:4", "w8a16", "w8a8-int8", "w8a8-fp8")
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -560,8 +560,15 @@ def _random_quant_linear(
     n, k = out_features, in_features
     act = None
     if quant.startswith("w4a16"):
-        args = WeightQuantArgs(num_bits=4, symmetric=quant == "w4a16", strategy="group", group_size=group_size)
+        args = WeightQuantArgs(num_bits=4, symmetric=quant != "w4a16-asym", strategy="group", group_size=group_size)
         q = torch.randint(-8, 8, (n, k), generator=gen, device=device, dtype=torch.int8)
+        if quant == "w4a16-2:4":  # 2 of every 4 inputs kept at random; the module keeps its mask (as loaded)
+            keep = torch.rand(n, k // 4, 4, generator=gen, device=device).argsort(dim=2)[..., :2]
+            mask = torch.zeros(n, k // 4, 4, dtype=torch.bool, device=device).scatter_(2, keep, True).reshape(n, k)
+            module = QuantLinear(QuantizedWeight(q.masked_fill(~mask, 0), torch.full(
+                (n, args.num_groups(k)), std / 4.6 * 2**0.5, dtype=dtype, device=device), None, args))
+            module.accel_sparse_mask, module.accel_sparse_pattern = mask, "2:4"
+            return module
         scale = torch.full((n, args.num_groups(k)), std / 4.6, dtype=dtype, device=device)
         zero = (
             None

@@ -299,14 +299,23 @@ def sparse24_linear(module: QuantLinear, dense: W4A16Linear, kernels: KernelSele
     kernel = kernels.choose(W4A16Sparse24Linear.op)
     if kernel is None or kernel.backend == "reference":
         return dense
-    from accel.sparsity.storage import StoredLayer, encode_layer
-
-    stored = StoredLayer(module.weight_q.cpu(), torch.empty(0), packed_bits=4)
-    tensors, _ = encode_layer("w", "2:4", (1, 1), mask.cpu(), stored)
+    values, indices = compact_2_4(module.weight_q, mask.to(module.weight_q.device))
     device = kernels.device
-    return W4A16Sparse24Linear(
-        dense, tensors["w.weight_nm_values"].to(device), tensors["w.weight_nm_indices"].to(device), kernel
-    )
+    return W4A16Sparse24Linear(dense, values.to(device), indices.to(device), kernel)
+
+
+def compact_2_4(codes: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """accel's compact 2:4 form (accel.sparsity.storage, layout nm) of int8 codes [N, K] under a 2:4 mask, in torch on
+    the codes' device: the kept codes packed 8 a word [N, K/16], and their 2-bit positions, 4 a byte, least
+    significant first [N, K/8] uint8."""
+    from accel.sparsity.storage import _nm_slots
+
+    n, k = codes.shape
+    slots = _nm_slots(mask, 2, 4)  # [N, K/4, 2] kept positions, ascending
+    values = codes.reshape(n, k // 4, 4).gather(2, slots).reshape(n, k // 2)
+    pos = slots.reshape(n, k // 8, 4).to(torch.int32)
+    indices = (pos[..., 0] | pos[..., 1] << 2 | pos[..., 2] << 4 | pos[..., 3] << 6).to(torch.uint8)
+    return pack_int32(values, 4), indices
 
 
 class DequantLinear(RuntimeLinear):
@@ -489,7 +498,11 @@ def _on_device(module: QuantLinear, device: torch.device) -> QuantLinear:
     moved = QuantizedWeight(
         move(qweight.q), move(qweight.scale), move(qweight.zero_point), qweight.args, move(qweight.g_idx)
     )
-    return QuantLinear(moved, move(module.bias), module.act_args, move(module.input_scale))
+    copy = QuantLinear(moved, move(module.bias), module.act_args, move(module.input_scale))
+    for attr in ("accel_sparse_mask", "accel_sparse_pattern"):  # a pruned layer's mask travels with it
+        if hasattr(module, attr):
+            setattr(copy, attr, getattr(module, attr))
+    return copy
 
 
 def runtime_linear(module: nn.Module, kernels: KernelSelector, dtype: torch.dtype) -> RuntimeLinear:

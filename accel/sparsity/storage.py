@@ -115,7 +115,7 @@ def _nm_slots(mask: torch.Tensor, n: int, m: int) -> torch.Tensor:
     ascending."""
     out_features, in_features = mask.shape
     grouped = mask.reshape(out_features, in_features // m, m)
-    key = (~grouped).to(torch.int64) * m + torch.arange(m)  # kept first, then by position
+    key = (~grouped).to(torch.int64) * m + torch.arange(m, device=mask.device)  # kept first, then by position
     return key.topk(n, dim=2, largest=False).indices.sort(dim=2).values
 
 

@@ -83,6 +83,8 @@ CONFIGS: dict[str, BenchConfig] = {
         BenchConfig("w8a8-int8", "w8a8-int8", "none", "int8 weights per channel, int8 activations per token"),
         BenchConfig("fp8", "w8a8-fp8", "none", "fp8 e4m3 weights per channel, fp8 activations per token"),
         BenchConfig("w4a16+kv8", "w4a16", "int8", "w4a16 weights, int8 KV cache"),
+        BenchConfig("w4a16-2:4", "w4a16-2:4", "none", "2:4-sparse int4 weights: the 2:4 GEMV decodes, dense int4 "
+                    "prefills (random weights only)"),
         BenchConfig("kv4", "none", "int4", "16-bit weights, int4 KV cache"),
         BenchConfig("fp8+kv8", "w8a8-fp8", "int8", "fp8 weights and activations, int8 KV cache"),
     )
@@ -219,6 +221,8 @@ class _Bundled:
 
         hf = self.model
         if config.quant != "none":
+            if config.quant not in BUNDLED_PROFILES:
+                raise ValueError(f"config {config.name!r} runs on random weights only (--model llama3-8b)")
             if config.quant not in self.quantized:
                 quantized = copy.deepcopy(self.model)
                 profile = QuantizationProfile(**BUNDLED_PROFILES[config.quant])

@@ -96,3 +96,18 @@ def test_without_a_2_4_kernel_the_dense_path_serves(artifact):
     root, _ = artifact
     model = load_for_inference(root, dtype=torch.float32)  # the CPU has only core's reference: dense W4A16
     assert not any(isinstance(m, W4A16Sparse24Linear) for m in model.modules())
+
+
+def test_compact_2_4_equals_the_artifact_encoding():
+    """The runtime's on-device encoding (quant_backend.compact_2_4) is byte for byte the artifact's (encode_layer)."""
+    from accel.runtime.quant_backend import compact_2_4
+    from accel.sparsity.storage import StoredLayer, encode_layer
+    from accel.sparsity.structured import nm_mask
+
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randint(-8, 8, (24, 256), generator=gen, dtype=torch.int8)
+    mask = nm_mask(torch.rand(24, 256, generator=gen), 2, 4)
+    codes = codes.masked_fill(~mask, 0)
+    tensors, _ = encode_layer("w", "2:4", (1, 1), mask, StoredLayer(codes, torch.empty(0), packed_bits=4))
+    values, indices = compact_2_4(codes, mask)
+    assert torch.equal(values, tensors["w.weight_nm_values"]) and torch.equal(indices, tensors["w.weight_nm_indices"])
