@@ -513,6 +513,12 @@ def w4a16_linear(
     if m == 0:
         return result
     if permuted and x.dtype in (torch.float16, torch.bfloat16) and gemv.supports(k, groups, group_size):
+        if not has_zp and x.is_cuda and _tma_ready(weight_packed, weight_scale):
+            from accel_cuda.kernels import w4a16_gemv_tma as gemv_tma
+
+            tcfg = gemv_tma.tma_plan(m, n, k, _device_info(x.device)[1], torch.cuda.get_device_capability(x.device))
+            if tcfg is not None:
+                return gemv_tma.w4a16_tma_gemv(x, weight_packed, weight_scale, None, config=tcfg, out=result)
         gcfg = gemv.gemv_plan(m, n, k, *_device_info(x.device))
         if gcfg is not None:
             return gemv.w4a16_gemv(x, weight_packed, weight_scale, weight_zero_point, config=gcfg, out=result,
@@ -546,6 +552,11 @@ def w4a16_linear(
             total = m * n
             _splitk_reduce_kernel[(triton.cdiv(total, 1024),)](target, out, total, split, BLOCK=1024, num_warps=4)
     return result
+
+
+def _tma_ready(*tensors: torch.Tensor) -> bool:
+    """Tensor descriptors need 16-byte aligned bases (rows are checked by supports_tma)."""
+    return all(t.data_ptr() % 16 == 0 for t in tensors)
 
 
 def prepare(
