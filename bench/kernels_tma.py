@@ -4,10 +4,10 @@ GEMVs they would replace, bf16 cuBLAS and torch's int4 kernel, on Llama-3-8B sha
 Dense int4 and 2:4 x int4 hold the same weights (the dense codes with the pruned positions at zero). Each kernel's
 launch configs are swept per shape and M; the best correct one is timed side by side with the rest in one run on one
 card (CUDA-graph replays over 4 weight copies, past L2). Writes bench/results/kernels_tma.json / .md; `--write-table`
-stores the dense TMA GEMV's best configs in its tuned table (w4a16_gemv_tma_configs.json), which the W4A16 op
-reads.
+merges the best configs into the kernels' tuned tables (w4a16_gemv_tma_configs.json for the W4A16 op,
+w4a16_sparse24_tma_configs.json for the 2:4 op); `--table-from RESULTS.json` does the same from a stored run.
 
-    python bench/kernels_tma.py [--ms 1,2] [--write-table]
+    python bench/kernels_tma.py [--ms 1,2] [--decode-shapes] [--k-scan] [--write-table]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import functools
 import itertools
 import json
 import time
+from pathlib import Path
 
 import torch
 import triton
@@ -33,7 +34,7 @@ DECODE_SHAPES = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate+up", 28672, 4096
 
 def tma_candidates(cls, m: int, n: int, k: int, sms: int, supports, quick: bool):
     out = []
-    space = itertools.product((8, 16, 32), (8, 16), (3, 4), (4, 8), (False,)) if not quick else (
+    space = itertools.product((8, 16, 32, 64), (8, 16), (3, 4), (4, 8), (False,)) if not quick else (
         itertools.product((16,), (8,), (3,), (4,), (False, True)))
     for bn, ng, stages, warps, direct in space:
         steps = k // (ng * 128)
@@ -41,7 +42,8 @@ def tma_candidates(cls, m: int, n: int, k: int, sms: int, supports, quick: bool)
         for per_sm in (2, 4, 8):
             want = max(1, min(steps, -(-per_sm * sms // tiles)))
             split = next(s for s in range(want, 0, -1) if steps % s == 0)
-            cfg = cls(bn, ng, split, stages, warps, direct)
+            extra = {"x_direct": direct} if "x_direct" in cls.__dataclass_fields__ else {}
+            cfg = cls(bn, ng, split, stages, warps, **extra)
             if supports(n, k, cfg):
                 out.append(cfg)
     return list(dict.fromkeys(out))
@@ -69,12 +71,13 @@ def fixed_cost_scan(gt, st, sg, tuned) -> list[dict]:
     out = []
     plans = {name: tuned[name].get(f"{n}x4096g{GROUP}", {}).get("1") for name in ("dense", "sparse")}
     dense_cfg = gt.TmaGemvConfig(**{**(plans["dense"] or {}), "ng": 8, "split": 1})
-    sparse_cfg = st.TmaSparseConfig(**{**(plans["sparse"] or {}), "ng": 8, "split": 1})
+    sparse_cfg = st.TmaSparseConfig(**{**(plans["sparse"] or {}), "split": 1})
     for k in (1024, 2048, 4096, 8192, 16384):
         sets = [make_sparse(n, k, seed=70 + i) for i in range(SETS)]
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         dense = [(gv_permute(q), s) for q, _, _, s, _ in sets]
-        sparse = [(*sg.prepare_sparse24(v, i), s) for _, v, i, s, _ in sets]
+        sparse = [(st.interleave_rows(w), st.interleave_rows(p), s)
+                  for w, p, s in ((*sg.prepare_sparse24(v, i), s) for _, v, i, s, _ in sets)]
         row = {"k": k,
                "bf16_us": graph_us([functools.partial(torch.nn.functional.linear, x, d) for *_, d in sets], quick=True),
                "dense_tma_us": graph_us([functools.partial(gt.w4a16_tma_gemv, x, w, s, None, config=dense_cfg)
@@ -109,10 +112,17 @@ def main() -> None:
     parser.add_argument("--ms", default="1,2")
     parser.add_argument("--quick", action="store_true", help="one config per kernel (smoke run)")
     parser.add_argument("--write-table", action="store_true")
+    parser.add_argument("--table-from", default="", help="write the tuned tables from a stored results JSON (no GPU)")
     parser.add_argument("--decode-shapes", action="store_true", help="also tune the dense TMA GEMV on " + ", ".join(
         name for name, *_ in DECODE_SHAPES))
     parser.add_argument("--k-scan", action="store_true", help="time vs K at N=14336: fixed cost per call by a fit")
     args = parser.parse_args()
+    if args.table_from:
+        meta = json.loads(Path(args.table_from).read_text())["meta"]
+        dims = {name: (n, k) for name, n, k in SHAPES + DECODE_SHAPES}
+        write_tables(meta["device"], [{**sw, "n": dims[sw["shape"]][0], "k": dims[sw["shape"]][1]} if "n" not in sw
+                                      else sw for sw in meta["sweep"]])
+        return
     from accel_cuda.kernels import w4a16_gemv as gv
     from accel_cuda.kernels import w4a16_gemv_tma as gt
     from accel_cuda.kernels import w4a16_sparse24_gemv as sg
@@ -129,6 +139,7 @@ def main() -> None:
         with_sparse = (name, n, k) in SHAPES
         sets = [make_sparse(n, k, seed=40 + i) for i in range(SETS)]
         sparse = [(*sg.prepare_sparse24(v, i), s) for _, v, i, s, _ in sets]
+        sparse_r4 = [(st.interleave_rows(w), st.interleave_rows(p), s) for w, p, s in sparse]
         dense = [(gv.permute_nibbles(pack_int32(q, 4)), s) for q, _, _, s, _ in sets]
         int4 = [torch_int4(q, s, None) for q, _, _, s, _ in sets]
         for m in [int(v) for v in args.ms.split(",")]:
@@ -149,7 +160,7 @@ def main() -> None:
             def dense_calls_for(c, x=x, dense=dense):
                 return [functools.partial(gt.w4a16_tma_gemv, x, w, s, None, config=c) for w, s in dense]
 
-            def sparse_calls_for(c, x=x, sparse=sparse):
+            def sparse_calls_for(c, x=x, sparse=sparse_r4):
                 return [functools.partial(st.w4a16_sparse24_tma_gemv, x, w, p, s, None, config=c)
                         for w, p, s in sparse]
 
@@ -158,7 +169,7 @@ def main() -> None:
             stt = sweep("sparse_tma", sparse_calls_for,
                         tma_candidates(st.TmaSparseConfig, m, n, k, sms, st.supports_tma, args.quick), ref) if (
                 with_sparse) else [{"cfg": {}, "us": float("nan"), "err": 0.0}]
-            sweeps.append({"shape": name, "m": m, "dense_tma": dt, "sparse_tma": stt})
+            sweeps.append({"shape": name, "n": n, "k": k, "m": m, "dense_tma": dt, "sparse_tma": stt})
             d_ok = [t for t in dt if t["err"] < 1e-2]
             s_ok = [t for t in stt if t["err"] < 1e-2]
             if not d_ok or not s_ok:
@@ -182,7 +193,7 @@ def main() -> None:
                   f" || dense_tma " + " | ".join(f"{t['us']:5.1f} {tuple(t['cfg'].values())}" for t in d_ok[:3])
                   + " || sparse_tma " + " | ".join(f"{t['us']:5.1f} {tuple(t['cfg'].values())}" for t in s_ok[:3]),
                   flush=True)
-        del sets, sparse, dense, int4
+        del sets, sparse, sparse_r4, dense, int4
     k_scan = fixed_cost_scan(gt, st, sg, tuned) if args.k_scan else []
     columns = ["shape", "M", "bf16_us", "torch_int4_us", "dense_gemv_us", "dense_tma_us", "sparse_gemv_us",
                "sparse_tma_us", "dense_floor_us", "sparse_floor_us", "dense_tma_x_bf16", "sparse_tma_x_best_dense",
@@ -194,11 +205,24 @@ def main() -> None:
                   "Best correct config per M from the sweep. dense_gemv / sparse_gemv: the register-prefetch kernels "
                   "with their tuned plans; *_tma: the TMA-pipelined kernels; sparse_tma_x_best_dense = the faster "
                   "dense int4 kernel's us / 2:4 TMA us; floors = each form's bytes at the measured copy bandwidth.")
-    if args.write_table:  # the dense TMA GEMV serves W4A16 decode; the 2:4 op keeps its register kernel
-        table = json.loads(gt.TUNED_CONFIGS.read_text()) if gt.TUNED_CONFIGS.exists() else {}
-        table[props.name] = tuned["dense"]
-        gt.TUNED_CONFIGS.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
-        print(f"wrote tuned configs to {gt.TUNED_CONFIGS}")
+    if args.write_table:
+        write_tables(props.name, sweeps)
+
+
+def write_tables(device_name: str, sweeps: list[dict]) -> None:
+    """Merge each sweep's best correct launch per shape and M into the two kernels' tuned tables for this card."""
+    from accel_cuda.kernels import w4a16_gemv_tma as gt
+    from accel_cuda.kernels import w4a16_sparse24_tma as st
+
+    for kind, path in (("dense_tma", gt.TUNED_CONFIGS), ("sparse_tma", st.TUNED_CONFIGS)):
+        table = json.loads(path.read_text()) if path.exists() else {}
+        card = table.setdefault(device_name, {})
+        for sw in sweeps:
+            ok = [t for t in sw[kind] if t["cfg"] and t["err"] < 1e-2]
+            if ok:
+                card.setdefault(f"{sw['n']}x{sw['k']}g{GROUP}", {})[str(sw["m"])] = ok[0]["cfg"]
+        path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+        print(f"wrote tuned configs to {path}")
 
 
 if __name__ == "__main__":

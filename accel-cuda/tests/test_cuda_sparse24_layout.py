@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from accel_cuda.kernels.sparse24_layout import from_kernel_layout, to_kernel_layout
+from accel_cuda.kernels.sparse24_layout import deinterleave_rows, from_kernel_layout, interleave_rows, to_kernel_layout
 
 from accel.runtime.ops import w4a16_sparse24_linear
 from accel.runtime.packing import pack_int32
@@ -64,3 +64,15 @@ def test_rejects_k_off_the_block():
     values = torch.zeros(4, 12, dtype=torch.int32)  # K = 192: not a multiple of 128
     with pytest.raises(ValueError, match="multiple of 128"):
         to_kernel_layout(values, torch.zeros(4, 24, dtype=torch.uint8))
+
+
+def test_interleave_rows_places_row_r_column_c_at_r_div_4_and_4c_plus_r_mod_4():
+    t = torch.arange(8 * 5, dtype=torch.int32).reshape(8, 5)
+    got = interleave_rows(t)
+    assert got.shape == (2, 20)
+    for r in range(8):
+        for c in range(5):
+            assert got[r // 4, 4 * c + r % 4] == t[r, c]
+    assert torch.equal(deinterleave_rows(got), t)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        interleave_rows(t[:6])

@@ -61,10 +61,15 @@ def test_dense_tma_matches_float64(m, block_n, ng, split, stages, n, k, symmetri
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
 @pytest.mark.parametrize(("n", "k"), SHAPES, ids=[f"{n}x{k}" for n, k in SHAPES])
-@pytest.mark.parametrize(("m", "block_n", "ng", "split"), [(1, 32, 16, 1), (2, 16, 8, 2), (1, 8, 8, 4)])
+@pytest.mark.parametrize(("m", "block_n", "ng", "split"), [(1, 32, 8, 1), (2, 16, 8, 2), (3, 64, 8, 4)])
 def test_sparse_tma_matches_float64(m, block_n, ng, split, n, k, symmetric, dtype):
     from accel_cuda.kernels.w4a16_sparse24_gemv import prepare_sparse24
-    from accel_cuda.kernels.w4a16_sparse24_tma import TmaSparseConfig, supports_tma, w4a16_sparse24_tma_gemv
+    from accel_cuda.kernels.w4a16_sparse24_tma import (
+        TmaSparseConfig,
+        interleave_rows,
+        supports_tma,
+        w4a16_sparse24_tma_gemv,
+    )
 
     cfg = TmaSparseConfig(block_n=block_n, ng=ng, split=split)
     if not supports_tma(n, k, cfg):
@@ -81,7 +86,7 @@ def test_sparse_tma_matches_float64(m, block_n, ng, split, n, k, symmetric, dtyp
     w = torch.zeros(n, k, dtype=torch.float64, device="cuda").scatter_(
         1, cols, kept * scale.double().gather(1, cols // 128))
     x = torch.randn(m, k, generator=gen, device="cuda").to(dtype)
-    words, positions = prepare_sparse24(pack_int32(q, 4), indices)
+    words, positions = (interleave_rows(t) for t in prepare_sparse24(pack_int32(q, 4), indices))
     zero_plus8 = None if zp is None else (zp.float() + 8).to(dtype)
     got = w4a16_sparse24_tma_gemv(x, words, positions, scale, zero_plus8, config=cfg)
     assert relative_error(got, x.double() @ w.T) < BOUND[dtype]

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["from_kernel_layout", "to_kernel_layout"]
+__all__ = ["ROWS", "deinterleave_rows", "from_kernel_layout", "interleave_rows", "to_kernel_layout"]
+
+ROWS = 4  # rows interleaved per word column for the TMA GEMV (w4a16_sparse24_tma.py)
 
 
 def _fields(words: torch.Tensor, bits: int, per_word: int) -> torch.Tensor:
@@ -64,3 +66,18 @@ def from_kernel_layout(words: torch.Tensor, positions: torch.Tensor) -> tuple[to
     pos = _blocked(_fields(positions, 2, 8), forward=False)
     indices = _pack(pos, 2, 4).to(torch.uint8)
     return values, indices
+
+
+def interleave_rows(t: torch.Tensor) -> torch.Tensor:
+    """The TMA GEMV's row interleave: [N, C] -> [N / 4, 4 C], element [r, c] at [r // 4, 4 c + r % 4], so one
+    thread's contiguous words are the same word column of 4 rows (N a multiple of 4)."""
+    n, c = t.shape
+    if n % ROWS:
+        raise ValueError(f"interleave_rows needs N a multiple of {ROWS}, got {n}")
+    return t.reshape(n // ROWS, ROWS, c).transpose(1, 2).reshape(n // ROWS, c * ROWS).contiguous()
+
+
+def deinterleave_rows(t: torch.Tensor) -> torch.Tensor:
+    """Inverse of interleave_rows: [N / 4, 4 C] -> [N, C]."""
+    n4, c4 = t.shape
+    return t.reshape(n4, c4 // ROWS, ROWS).transpose(1, 2).reshape(n4 * ROWS, c4 // ROWS).contiguous()

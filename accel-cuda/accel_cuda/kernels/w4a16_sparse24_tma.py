@@ -1,30 +1,32 @@
-"""2:4-sparse x int4 decode GEMV with TMA-pipelined loads (Hopper, sm_90): the position words, value words and
-scales of each K step arrive through tensor descriptors into shared memory STAGES steps ahead (Triton's software
-pipeliner owns the buffers and mbarriers; the activations follow by cp.async), so many bytes are in flight per SM
-without holding them in registers. The register-prefetch kernel (w4a16_sparse24_gemv.py) stalls on every step's
-loads: 2.6-3x its byte floor (accel-cuda/KERNEL_NOTES.md).
+"""2:4-sparse x int4 decode GEMV with TMA-pipelined loads (Hopper, sm_90), on row-interleaved words so that one
+thread's words share their activations.
 
-Same layout and per-word arithmetic as w4a16_sparse24_gemv.py (_DOT_SPARSE): tiles [BLOCK_N, NG, 8] read through
-3-D views [N, K/128, 8] of the words and positions; block b's scale (and 8 + zero point, bf16, made at prepare)
-through a 2-D descriptor [N, K/128], so NG * 2 bytes must reach TMA's 16-byte minimum: NG >= 8.
+The words and positions of sparse24_layout, interleaved by 4 rows at load (interleave_rows: element [r, c] goes to
+[r // 4, 4 c + r % 4]), and the group scales arrive through tensor descriptors into shared memory STAGES steps ahead
+(Triton's software pipeliner owns the buffers and mbarriers; the activations follow by cp.async). A thread's
+contiguous words are then the same word column of 4 rows, which read the same 16 activations: a quarter of the
+activation traffic of the row-major tile (w4a16_sparse24_gemv.py), whose shared-memory reads of x bank-conflicted
+when pipelined. Per word the arithmetic is _DOT_SPARSE's.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from accel_cuda.kernels.sparse24_layout import ROWS, interleave_rows
 from accel_cuda.kernels.w4a16_gemv import _MAGIC, launch_geometry, write_rows
 from accel_cuda.kernels.w4a16_sparse24_gemv import _DOT_SPARSE
 
-__all__ = ["TmaSparseConfig", "supports_tma", "w4a16_sparse24_tma_gemv"]
+__all__ = ["ROWS", "TmaSparseConfig", "interleave_rows", "supports_tma", "tma_sparse_plan", "w4a16_sparse24_tma_gemv"]
 
-
-_LDG = tl.constexpr("ld.global.nc.b64 $0, [$1];")
 
 
 @triton.jit(do_not_specialize=["M", "G", "STEPS", "SPLIT"])
@@ -32,61 +34,82 @@ def _sparse_tma_kernel(
     x_ptr, w_desc, m_desc, s_desc, z_desc, out_ptr, ws_ptr, cnt_ptr,
     M, N, KV, G, STEPS, SPLIT,
     HAS_ZP: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr, SPLIT_P2: tl.constexpr, ASM: tl.constexpr,
-    MAGIC: tl.constexpr, STAGES: tl.constexpr, X_DIRECT: tl.constexpr,
+    MAGIC: tl.constexpr, STAGES: tl.constexpr,
 ):
+    R: tl.constexpr = 4
     pid_s = tl.program_id(1)
     pid_m = tl.program_id(2)
     row0 = tl.program_id(0) * BLOCK_N
-    rows = row0 + tl.arange(0, BLOCK_N)
     x_row = x_ptr + pid_m * 4 * KV
     b_first = pid_s * STEPS * NG
     gi = tl.arange(0, NG)
     wi = tl.arange(0, 8)
-    acc = tl.zeros((BLOCK_N, NG, 8), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N // R, NG, 8, R), dtype=tl.float32)
     for i in tl.range(STEPS, num_stages=STAGES):
         b0 = b_first + i * NG
-        words = w_desc.load([row0, b0 * 8]).reshape(BLOCK_N, NG, 8)
-        meta = m_desc.load([row0, b0 * 8]).reshape(BLOCK_N, NG, 8).to(tl.int32)
-        s = s_desc.load([row0, b0]).to(tl.float32)
-        # 8 + zero point
-        zf = z_desc.load([row0, b0]).to(tl.float32) if HAS_ZP else tl.full((BLOCK_N, NG), 8.0, tl.float32)
-        xg = x_row + (b0 + gi)[:, None] * 32 + wi[None, :]  # word (b, w)'s slot j activations: x[32 b + 8 j + w]
-        if X_DIRECT:  # plain L1-cached loads, kept out of the pipeline (its shared-memory copy of x bank-conflicts)
-            xa = xg.to(tl.int64, bitcast=True)
-            x0 = tl.inline_asm_elementwise(_LDG, "=l,l", [xa], dtype=tl.int64, is_pure=True, pack=1)[None, :, :]
-            x1 = tl.inline_asm_elementwise(_LDG, "=l,l", [xa + 64], dtype=tl.int64, is_pure=True, pack=1)[None, :, :]
-            x2 = tl.inline_asm_elementwise(_LDG, "=l,l", [xa + 128], dtype=tl.int64, is_pure=True, pack=1)[None, :, :]
-            x3 = tl.inline_asm_elementwise(_LDG, "=l,l", [xa + 192], dtype=tl.int64, is_pure=True, pack=1)[None, :, :]
+        words = w_desc.load([row0 // R, b0 * 8 * R]).reshape(BLOCK_N // R, NG, 8, R)
+        meta = m_desc.load([row0 // R, b0 * 8 * R]).reshape(BLOCK_N // R, NG, 8, R).to(tl.int32)
+        # [BLOCK_N, NG] -> [BLOCK_N / 4, NG, 1, 4]: row 4 r + q's scale at [r, g, 0, q]
+        s = tl.permute(s_desc.load([row0, b0]).to(tl.float32).reshape(BLOCK_N // R, R, NG), (0, 2, 1))[:, :, None, :]
+        if HAS_ZP:  # 8 + zero point
+            zf = tl.permute(z_desc.load([row0, b0]).to(tl.float32).reshape(BLOCK_N // R, R, NG), (0, 2, 1))
         else:
-            x0 = tl.load(xg)[None, :, :]
-            x1 = tl.load(xg + 8)[None, :, :]
-            x2 = tl.load(xg + 16)[None, :, :]
-            x3 = tl.load(xg + 24)[None, :, :]
-        zb = tl.broadcast_to((zf + MAGIC)[:, :, None], (BLOCK_N, NG, 8))
+            zf = tl.full((BLOCK_N // R, NG, R), 8.0, tl.float32)
+        xg = x_row + (b0 + gi)[:, None] * 32 + wi[None, :]  # word (b, w)'s slot j activations: x[32 b + 8 j + w]
+        x0 = tl.load(xg)[None, :, :, None]
+        x1 = tl.load(xg + 8)[None, :, :, None]
+        x2 = tl.load(xg + 16)[None, :, :, None]
+        x3 = tl.load(xg + 24)[None, :, :, None]
+        zb = tl.broadcast_to((zf + MAGIC)[:, :, None, :], (BLOCK_N // R, NG, 8, R))
         part = tl.inline_asm_elementwise(ASM, "=f,r,r,f,l,l,l,l", [words, meta, zb, x0, x1, x2, x3],
                                          dtype=tl.float32, is_pure=True, pack=1)
-        acc += part * s[:, :, None]
-    write_rows(tl.sum(tl.sum(acc, axis=2), axis=1), out_ptr, ws_ptr, cnt_ptr, rows, rows < N, M, N, SPLIT,
-               SPLIT_P2)
+        acc += part * s
+    y = tl.reshape(tl.sum(tl.sum(acc, axis=2), axis=1), (BLOCK_N,))  # [r, q] -> row 4 r + q
+    rows = row0 + tl.arange(0, BLOCK_N)
+    write_rows(y, out_ptr, ws_ptr, cnt_ptr, rows, rows < N, M, N, SPLIT, SPLIT_P2)
 
 
 @dataclass(frozen=True)
 class TmaSparseConfig:
-    """One launch: rows per program, groups of 128 inputs per K step (>= 8), split-K, pipeline stages, warps."""
+    """One launch: rows per program (a multiple of 4), groups of 128 inputs per K step (8: TMA's 16-byte scale
+    rows, and 256 interleaved words at most per box row), split-K, pipeline stages, warps."""
 
     block_n: int = 16
     ng: int = 8
     split: int = 1
     stages: int = 3
     num_warps: int = 4
-    x_direct: bool = False
+
+
+TUNED_CONFIGS = Path(__file__).with_name("w4a16_sparse24_tma_configs.json")
+
+# Without a tuned entry the TMA GEMV serves M up to this with its default launch; larger M is prefill.
+GEMV_MAX_M = 2
+
+
+@functools.cache
+def _tuned() -> dict[str, dict[str, dict[str, dict[str, object]]]]:
+    try:
+        return json.loads(TUNED_CONFIGS.read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def tma_sparse_plan(m: int, n: int, k: int, device_name: str) -> TmaSparseConfig | None:
+    """The measured launch for this card / shape / M (bench/kernels_tma.py --write-table), else the default launch
+    for M <= GEMV_MAX_M; None for larger M or where the launch does not tile."""
+    entry = _tuned().get(device_name, {}).get(f"{n}x{k}g128", {}).get(str(m))
+    if entry is None and m > GEMV_MAX_M:
+        return None
+    config = TmaSparseConfig(**entry) if entry is not None else TmaSparseConfig()  # type: ignore[arg-type]
+    return config if supports_tma(n, k, config) else None
 
 
 def supports_tma(n: int, k: int, config: TmaSparseConfig) -> bool:
-    """Full tiles only (no masks in this kernel), Hopper's TMA alignment (scale rows of 8 groups' bytes)."""
+    """Full tiles only (no masks in this kernel) and Hopper's TMA limits."""
     groups = k // 128
-    return (k % 128 == 0 and config.ng >= 8 and n % config.block_n == 0 and groups % config.ng == 0
-            and groups % 8 == 0 and (groups // config.ng) % max(1, config.split) == 0)
+    return (k % 128 == 0 and config.ng == 8 and config.block_n % (4 * ROWS) == 0 and n % config.block_n == 0
+            and groups % config.ng == 0 and (groups // config.ng) % max(1, config.split) == 0)
 
 
 def w4a16_sparse24_tma_gemv(
@@ -99,12 +122,12 @@ def w4a16_sparse24_tma_gemv(
     config: TmaSparseConfig,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """y = x @ W^T from prepare_sparse24's (values, positions) [N, K/16], bf16/fp16 scales [N, K/128] and, when
-    asymmetric, 8 + zero point in the scales' dtype (None: symmetric)."""
+    """y = x @ W^T from prepare_sparse24's (values, positions) after interleave_rows ([N / 4, K / 4] each),
+    bf16/fp16 scales [N, K/128] and, when asymmetric, 8 + zero point in the scales' dtype (None: symmetric)."""
     k = x.shape[-1]
-    n = values.shape[0]
-    if not supports_tma(n, k, config):
-        raise ValueError(f"w4a16_sparse24_tma_gemv: shape {n}x{k} does not tile with {config}")
+    n = values.shape[0] * ROWS
+    if not supports_tma(n, k, config) or values.shape[1] != k // 16 * ROWS or positions.shape != values.shape:
+        raise ValueError(f"w4a16_sparse24_tma_gemv: {tuple(values.shape)} words for K={k} do not tile with {config}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k).contiguous()
     m = x2.shape[0]
@@ -114,15 +137,14 @@ def w4a16_sparse24_tma_gemv(
     kv, groups = k // 16, k // 128
     bn, ng = config.block_n, config.ng
     steps, split, grid, _, ws, cnt = launch_geometry(kv, ng * 8, config.split, bn, m, n, result)
-    w_desc = TensorDescriptor.from_tensor(values, [bn, ng * 8])
-    m_desc = TensorDescriptor.from_tensor(positions, [bn, ng * 8])
+    w_desc = TensorDescriptor.from_tensor(values, [bn // ROWS, ng * 8 * ROWS])
+    m_desc = TensorDescriptor.from_tensor(positions, [bn // ROWS, ng * 8 * ROWS])
     s_desc = TensorDescriptor.from_tensor(weight_scale, [bn, ng])
     z_desc = TensorDescriptor.from_tensor(zero_plus8, [bn, ng]) if zero_plus8 is not None else s_desc
     dt = {torch.bfloat16: "bf16", torch.float16: "fp16"}[x.dtype]
     _sparse_tma_kernel[grid](
         x2.view(torch.int64), w_desc, m_desc, s_desc, z_desc, result, ws, cnt, m, n, kv, groups, steps, split,
         HAS_ZP=zero_plus8 is not None, BLOCK_N=bn, NG=ng, SPLIT_P2=1 << max(0, (split - 1).bit_length()),
-        ASM=_DOT_SPARSE[dt], MAGIC=_MAGIC[dt], STAGES=config.stages, X_DIRECT=config.x_direct,
-        num_warps=config.num_warps,
+        ASM=_DOT_SPARSE[dt], MAGIC=_MAGIC[dt], STAGES=config.stages, num_warps=config.num_warps,
     )
     return result
