@@ -34,16 +34,14 @@ DECODE_SHAPES = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate+up", 28672, 4096
 
 def tma_candidates(cls, m: int, n: int, k: int, sms: int, supports, quick: bool):
     out = []
-    space = itertools.product((8, 16, 32, 64), (8, 16), (3, 4), (4, 8), (False,)) if not quick else (
-        itertools.product((16,), (8,), (3,), (4,), (False, True)))
-    for bn, ng, stages, warps, direct in space:
+    space = itertools.product((8, 16, 32, 64), (8, 16), (3, 4), (4, 8)) if not quick else [(16, 8, 3, 4)]
+    for bn, ng, stages, warps in space:
         steps = k // (ng * 128)
         tiles = -(-n // bn) * m
         for per_sm in (2, 4, 8):
             want = max(1, min(steps, -(-per_sm * sms // tiles)))
             split = next(s for s in range(want, 0, -1) if steps % s == 0)
-            extra = {"x_direct": direct} if "x_direct" in cls.__dataclass_fields__ else {}
-            cfg = cls(bn, ng, split, stages, warps, **extra)
+            cfg = cls(bn, ng, split, stages, warps)
             if supports(n, k, cfg):
                 out.append(cfg)
     return list(dict.fromkeys(out))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 import os
 from dataclasses import dataclass, replace
@@ -35,6 +34,7 @@ import triton.language as tl
 from accel.runtime.ops import w4a16_linear as reference
 from accel_cuda.kernels import w4a16_gemv as gemv
 from accel_cuda.kernels.nibbles import unpermute_nibbles
+from accel_cuda.kernels.tuning import tuned_table
 
 __all__ = ["Config", "plan", "prepare", "w4a16_dequantize", "w4a16_linear"]
 
@@ -379,12 +379,7 @@ TUNED_CONFIGS = Path(__file__).with_name("w4a16_configs.json")
 DOT_MAX_M = 256
 
 
-@functools.cache
-def _tuned() -> dict[str, dict[str, dict[str, dict[str, object]]]]:
-    try:
-        return json.loads(TUNED_CONFIGS.read_text())
-    except FileNotFoundError:
-        return {}
+_tuned = functools.partial(tuned_table, TUNED_CONFIGS)
 
 
 def plan(m: int, n: int, k: int, group: int, dtype: torch.dtype, sm_count: int, device_name: str = "") -> Config:

@@ -19,7 +19,6 @@ counter it resets) sums them, so a call is one launch.
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import triton
 import triton.language as tl
 
 from accel_cuda.kernels.nibbles import permute_nibbles, unpermute_nibbles
+from accel_cuda.kernels.tuning import tuned_table
 
 __all__ = ["GemvConfig", "gemv_plan", "permute_nibbles", "supports", "unpermute_nibbles", "w4a16_gemv"]
 
@@ -195,12 +195,7 @@ class GemvConfig:
 TUNED_CONFIGS = Path(__file__).with_name("w4a16_gemv_configs.json")
 
 
-@functools.cache
-def _tuned() -> dict[str, dict[str, dict[str, dict[str, object]]]]:
-    try:
-        return json.loads(TUNED_CONFIGS.read_text())
-    except FileNotFoundError:
-        return {}
+_tuned = functools.partial(tuned_table, TUNED_CONFIGS)
 
 
 @functools.cache

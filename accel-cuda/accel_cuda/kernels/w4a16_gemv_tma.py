@@ -11,7 +11,6 @@ Same words and per-word arithmetic as w4a16_gemv.py (_DOT_WORD): tiles [BLOCK_N,
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +19,10 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from accel_cuda.kernels.tuning import tuned_table
 from accel_cuda.kernels.w4a16_gemv import _DOT_WORD, _MAGIC, launch_geometry, write_rows
 
 __all__ = ["TmaGemvConfig", "supports_tma", "tma_plan", "w4a16_tma_gemv"]
-
-
-_LDG = tl.constexpr("ld.global.nc.b64 $0, [$1];")
 
 
 @triton.jit(do_not_specialize=["M", "G", "STEPS", "SPLIT"])
@@ -33,7 +30,7 @@ def _gemv_tma_kernel(
     x_ptr, w_desc, s_desc, z_desc, out_ptr, ws_ptr, cnt_ptr,
     M, N, KW, G, STEPS, SPLIT,
     HAS_ZP: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr, SPLIT_P2: tl.constexpr, ASM: tl.constexpr,
-    MAGIC: tl.constexpr, STAGES: tl.constexpr, X_DIRECT: tl.constexpr,
+    MAGIC: tl.constexpr, STAGES: tl.constexpr,
 ):
     pid_s = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -51,13 +48,8 @@ def _gemv_tma_kernel(
         # 8 + zero point
         zf = z_desc.load([row0, g0]).to(tl.float32) if HAS_ZP else tl.full((BLOCK_N, NG), 8.0, tl.float32)
         xw = x_row + ((g0 + gi)[:, None] * 16 + wi[None, :]) * 2  # word kw's activation pairs: x64[2 kw], [2 kw + 1]
-        if X_DIRECT:  # plain L1-cached loads, kept out of the pipeline's shared-memory copy
-            xp = xw.to(tl.int64, bitcast=True)
-            xa = tl.inline_asm_elementwise(_LDG, "=l,l", [xp], dtype=tl.int64, is_pure=True, pack=1)[None, :, :]
-            xb = tl.inline_asm_elementwise(_LDG, "=l,l", [xp + 8], dtype=tl.int64, is_pure=True, pack=1)[None, :, :]
-        else:
-            xa = tl.load(xw)[None, :, :]
-            xb = tl.load(xw + 1)[None, :, :]
+        xa = tl.load(xw)[None, :, :]
+        xb = tl.load(xw + 1)[None, :, :]
         zb = tl.broadcast_to((zf + MAGIC)[:, :, None], (BLOCK_N, NG, 16))
         part = tl.inline_asm_elementwise(ASM, "=f,r,f,l,l", [words, zb, xa, xb], dtype=tl.float32, is_pure=True,
                                          pack=1)
@@ -75,18 +67,12 @@ class TmaGemvConfig:
     split: int = 1
     stages: int = 3
     num_warps: int = 4
-    x_direct: bool = False
 
 
 TUNED_CONFIGS = Path(__file__).with_name("w4a16_gemv_tma_configs.json")
 
 
-@functools.cache
-def _tuned() -> dict[str, dict[str, dict[str, dict[str, object]]]]:
-    try:
-        return json.loads(TUNED_CONFIGS.read_text())
-    except FileNotFoundError:
-        return {}
+_tuned = functools.partial(tuned_table, TUNED_CONFIGS)
 
 
 def tma_plan(m: int, n: int, k: int, device_name: str, capability: tuple[int, int]) -> TmaGemvConfig | None:
@@ -139,7 +125,7 @@ def w4a16_tma_gemv(
     _gemv_tma_kernel[grid](
         x2.view(torch.int64), w_desc, s_desc, z_desc, result, ws, cnt, m, n, kw, groups, steps, split,
         HAS_ZP=zero_plus8 is not None, BLOCK_N=bn, NG=ng, SPLIT_P2=1 << max(0, (split - 1).bit_length()),
-        ASM=_DOT_WORD[dt], MAGIC=_MAGIC[dt], STAGES=config.stages, X_DIRECT=config.x_direct,
+        ASM=_DOT_WORD[dt], MAGIC=_MAGIC[dt], STAGES=config.stages,
         num_warps=config.num_warps,
     )
     return result

@@ -17,7 +17,6 @@ GEMV's (w4a16_gemv.py).
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import triton
 import triton.language as tl
 
 from accel_cuda.kernels.sparse24_layout import to_kernel_layout
+from accel_cuda.kernels.tuning import tuned_table
 from accel_cuda.kernels.w4a16_gemv import _MAGIC, _device_info, launch_geometry, write_rows
 
 __all__ = ["SparseGemvConfig", "prepare_sparse24", "sparse24_plan", "supports", "w4a16_sparse24_gemv"]
@@ -197,12 +197,7 @@ class SparseGemvConfig:
 TUNED_CONFIGS = Path(__file__).with_name("w4a16_sparse24_configs.json")
 
 
-@functools.cache
-def _tuned() -> dict[str, dict[str, dict[str, dict[str, object]]]]:
-    try:
-        return json.loads(TUNED_CONFIGS.read_text())
-    except FileNotFoundError:
-        return {}
+_tuned = functools.partial(tuned_table, TUNED_CONFIGS)
 
 
 # Without a tuned table the sparse GEMV serves M up to this; larger M goes through the dense path.

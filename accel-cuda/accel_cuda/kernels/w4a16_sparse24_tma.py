@@ -12,7 +12,6 @@ when pipelined. Per word the arithmetic is _DOT_SPARSE's.
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from accel_cuda.kernels.sparse24_layout import ROWS, interleave_rows
+from accel_cuda.kernels.tuning import tuned_table
 from accel_cuda.kernels.w4a16_gemv import _MAGIC, launch_geometry, write_rows
 from accel_cuda.kernels.w4a16_sparse24_gemv import _DOT_SPARSE
 
@@ -87,12 +87,7 @@ TUNED_CONFIGS = Path(__file__).with_name("w4a16_sparse24_tma_configs.json")
 GEMV_MAX_M = 2
 
 
-@functools.cache
-def _tuned() -> dict[str, dict[str, dict[str, dict[str, object]]]]:
-    try:
-        return json.loads(TUNED_CONFIGS.read_text())
-    except FileNotFoundError:
-        return {}
+_tuned = functools.partial(tuned_table, TUNED_CONFIGS)
 
 
 def tma_sparse_plan(m: int, n: int, k: int, device_name: str) -> TmaSparseConfig | None:
