@@ -3,9 +3,10 @@ arrive through tensor descriptors into shared memory STAGES steps ahead (Triton'
 buffers and mbarriers; the activations follow by cp.async), so many bytes are in flight per SM without holding
 them in registers. The register-prefetch GEMV (w4a16_gemv.py) waits on every step's loads: 2.4x its byte floor.
 
-Same words and per-word arithmetic as w4a16_gemv.py (_DOT_WORD): tiles [BLOCK_N, NG, 16] read through a 3-D view
-[N, K/128, 16] of the words; group scales (and 8 + zero point, in the scales' dtype, made at prepare) through a
-2-D descriptor [N, K/128], so NG * 2 bytes must reach TMA's 16-byte minimum: NG >= 8.
+Same words and per-word arithmetic as w4a16_gemv.py (_DOT_WORD): each step's words arrive as a 2-D box [BLOCK_N,
+16 NG] of [N, K/8] (rows of NG x 64 contiguous bytes) and are viewed as [BLOCK_N, NG, 16] in registers; group scales
+(and 8 + zero point in the scales' dtype, when a caller prepares it) through a 2-D descriptor [N, K/128], so NG * 2
+bytes must reach TMA's 16-byte minimum: NG >= 8. Measured versions: accel-cuda/KERNEL_NOTES.md.
 """
 
 from __future__ import annotations
@@ -45,8 +46,7 @@ def _gemv_tma_kernel(
         g0 = g_first + i * NG
         words = w_desc.load([row0, g0 * 16]).reshape(BLOCK_N, NG, 16)
         s = s_desc.load([row0, g0]).to(tl.float32)
-        # 8 + zero point
-        zf = z_desc.load([row0, g0]).to(tl.float32) if HAS_ZP else tl.full((BLOCK_N, NG), 8.0, tl.float32)
+        zf = z_desc.load([row0, g0]).to(tl.float32) if HAS_ZP else tl.full((BLOCK_N, NG), 8.0, tl.float32)  # 8 + zp
         xw = x_row + ((g0 + gi)[:, None] * 16 + wi[None, :]) * 2  # word kw's activation pairs: x64[2 kw], [2 kw + 1]
         xa = tl.load(xw)[None, :, :]
         xb = tl.load(xw + 1)[None, :, :]

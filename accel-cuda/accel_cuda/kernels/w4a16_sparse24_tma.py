@@ -28,7 +28,6 @@ from accel_cuda.kernels.w4a16_sparse24_gemv import _DOT_SPARSE
 __all__ = ["ROWS", "TmaSparseConfig", "interleave_rows", "supports_tma", "tma_sparse_plan", "w4a16_sparse24_tma_gemv"]
 
 
-
 @triton.jit(do_not_specialize=["M", "G", "STEPS", "SPLIT"])
 def _sparse_tma_kernel(
     x_ptr, w_desc, m_desc, s_desc, z_desc, out_ptr, ws_ptr, cnt_ptr,
@@ -71,8 +70,8 @@ def _sparse_tma_kernel(
 
 @dataclass(frozen=True)
 class TmaSparseConfig:
-    """One launch: rows per program (a multiple of 4), groups of 128 inputs per K step (8: TMA's 16-byte scale
-    rows, and 256 interleaved words at most per box row), split-K, pipeline stages, warps."""
+    """One launch: rows per program (a multiple of 16), groups of 128 inputs per K step (8: TMA's 16-byte scale
+    rows, and at most 256 interleaved words per box row), split-K, pipeline stages, warps."""
 
     block_n: int = 16
     ng: int = 8
