@@ -86,6 +86,8 @@ class CudaPlatform:
             supported_dtypes=dtypes,
             supported_kernels=sorted(kernels()),
             supported_quant_formats=formats,
+            # the 2:4 x int4 decode GEMV (W4A16 layers; its PTX needs sm_90's bf16x2 arithmetic)
+            supported_sparse_formats=["2:4"] if sm >= (9, 0) and "w4a16_sparse24_linear" in kernels() else [],
             has_graph_exec=True,  # CUDA graphs
             has_collective=True,  # NCCL
             memory_bandwidth_gbps=peak_memory_bandwidth_gbps(props),

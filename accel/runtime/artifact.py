@@ -620,11 +620,14 @@ def load_artifact(
             f"{root}: {WEIGHTS_NAME} does not fit config.json (missing {missing[:5]}, unexpected {unexpected[:5]}); "
             "re-export the artifact"
         )
-    # Refuses a mask off its declared pattern; each pruned module keeps its mask and pattern, so the runtime can
-    # choose a sparse kernel for it (quant_backend.runtime_linear).
+    # Refuses a mask off its declared pattern; each pruned module keeps its mask and pattern (and a block pattern its
+    # block shape), so the runtime can choose a sparse kernel for it (quant_backend.runtime_linear).
     for name, mask in read_sparse_layers(root, manifest, model).items():
         module = model.get_submodule(name)
+        record = manifest["sparsity"]["layers"][name]
         module.accel_sparse_mask = mask
-        module.accel_sparse_pattern = manifest["sparsity"]["layers"][name]["pattern"]
+        module.accel_sparse_pattern = record["pattern"]
+        if "block_shape" in record:
+            module.accel_sparse_block_shape = tuple(record["block_shape"])
     tokenizer = AutoTokenizer.from_pretrained(root)
     return model.eval(), tokenizer, manifest

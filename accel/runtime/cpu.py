@@ -42,7 +42,7 @@ def cpu_capability() -> CapabilityDescriptor:
         supported_quant_formats=[
             "w8a16", "w4a16", "w4a16-asym", "w8a8-int8", "w8a8-fp8", "kv-int8", "kv-int4", "kv-fp8",
         ],
-        supported_sparse_formats=[],
+        supported_sparse_formats=["block"],  # the reference block_sparse_linear skips zero blocks (float layers)
         has_graph_exec=False,
         has_collective=True,  # gloo
         source="read from /proc/cpuinfo and sysconf at run time",

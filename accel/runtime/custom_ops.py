@@ -19,6 +19,7 @@ from accel.plugins.records import KernelChoice
 from accel.runtime.ops import OPS
 
 __all__ = [
+    "block_sparse_linear",
     "cached_attention",
     "dequant_linear",
     "fp8_linear",
@@ -102,6 +103,23 @@ def w4a16_sparse24_linear(
 @w4a16_sparse24_linear.register_fake
 def _(x, values_packed, indices, weight_scale, weight_zero_point, group_size):  # type: ignore[no-untyped-def]
     return x.new_empty((*x.shape[:-1], values_packed.shape[0]))
+
+
+@torch.library.custom_op("accel::block_sparse_linear", mutates_args=())
+def block_sparse_linear(
+    x: torch.Tensor,
+    blocks: torch.Tensor,
+    block_index: torch.Tensor,
+    out_features: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """accel.runtime.ops.block_sparse_linear (kept blocks only), on the selected kernel."""
+    return kernel_choice("block_sparse_linear", x.device.type).impl(x, blocks, block_index, out_features, bias)
+
+
+@block_sparse_linear.register_fake
+def _(x, blocks, block_index, out_features, bias=None):  # type: ignore[no-untyped-def]
+    return x.new_empty((*x.shape[:-1], out_features))
 
 
 @torch.library.custom_op("accel::w8a8_int8_linear", mutates_args=())

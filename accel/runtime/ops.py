@@ -150,6 +150,87 @@ def _w4a16_linear_inputs(gen: torch.Generator, device: str, dtype: torch.dtype) 
     return (x, packed, scale, qw.zero_point.to(device), group)  # type: ignore[union-attr]
 
 
+def block_sparse_linear(
+    x: torch.Tensor,
+    blocks: torch.Tensor,
+    block_index: torch.Tensor,
+    out_features: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y = x @ W^T (+ b) for a block-sparse W [N, K] given by its kept blocks alone: zero blocks cost no FLOPs or
+    bytes (accel.sparsity.storage, layout blocks).
+
+    x: [..., K]; blocks: [nb, br, bc] in x's dtype, block i = W[r*br : (r+1)*br, c*bc : (c+1)*bc] at (r, c) =
+    block_index[i] (int32/int64 [nb, 2], the artifact's weight_blocks), zero-padded where an edge block passes N or
+    K; bias: [N] or None. y[:, r-block] = sum over kept (r, c) of x[:, c-block] @ B_rc^T: one batched product of
+    the kept blocks in x's dtype, the partial sums added per block row in float32, cast once to x's dtype.
+    """
+    k = x.shape[-1]
+    _, br, bc = blocks.shape if blocks.ndim == 3 else (0, 0, 0)
+    if (
+        not br
+        or not bc
+        or tuple(block_index.shape) != (blocks.shape[0], 2)
+        or blocks.dtype != x.dtype
+        or (bias is not None and tuple(bias.shape) != (out_features,))
+    ):
+        raise ValueError(
+            f"block_sparse_linear: blocks {blocks.dtype} {tuple(blocks.shape)}, block_index "
+            f"{tuple(block_index.shape)}, bias {None if bias is None else tuple(bias.shape)} do not fit x "
+            f"{x.dtype} [..., {k}] and out_features {out_features}: blocks must be [nb, br, bc] in x's dtype, "
+            "block_index [nb, 2], bias [out_features]"
+        )
+    grid_r, grid_c = -(-out_features // br), -(-k // bc)
+    x2 = x.reshape(-1, k)  # [M, K]
+    m = x2.shape[0]
+    if k % bc:  # the edge column block: its padding meets the zero padding of the edge weight blocks
+        x2 = torch.nn.functional.pad(x2, (0, grid_c * bc - k))
+    rows, cols = block_index.to(torch.int64).unbind(1)  # int64: index_add_ runs several times slower on int32
+    xs = x2.reshape(m, grid_c, bc).index_select(1, cols).transpose(0, 1)  # [nb, M, bc]: x's c-block per kept block
+    partial = torch.bmm(xs, blocks.transpose(1, 2))  # [nb, M, br]: x_c @ B_rc^T
+    acc = partial.new_zeros((grid_r, m, br), dtype=torch.float32).index_add_(0, rows, partial.float())  # [R, M, br]
+    y = acc.transpose(0, 1).reshape(m, grid_r * br)[:, :out_features]  # [M, N]
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.to(x.dtype).reshape(*x.shape[:-1], out_features)
+
+
+def block_values(weight: torch.Tensor, block_index: torch.Tensor, block_shape: tuple[int, int]) -> torch.Tensor:
+    """block_sparse_linear's `blocks` for W [N, K]: the blocks of `block_shape` at block_index [nb, 2] (block row,
+    block column), zero-padded past W's edges: [nb, br, bc]."""
+    (n, k), (br, bc) = weight.shape, block_shape
+    grid_r, grid_c = -(-n // br), -(-k // bc)
+    padded = torch.nn.functional.pad(weight, (0, grid_c * bc - k, 0, grid_r * br - n))
+    tiles = padded.reshape(grid_r, br, grid_c, bc).transpose(1, 2)  # [R, C, br, bc]
+    index = block_index.to(torch.int64)
+    return tiles[index[:, 0], index[:, 1]].contiguous()
+
+
+def _block_sparse_inputs(
+    gen: torch.Generator,
+    device: str,
+    dtype: torch.dtype,
+    *,
+    shape: tuple[int, int, int],
+    block: tuple[int, int],
+    bias: bool,
+) -> tuple[Any, ...]:
+    # About half the blocks kept at random, the last block row and column always (partial edge blocks when the
+    # shape is not a multiple of the block shape).
+    m, n, k = shape
+    grid_r, grid_c = -(-n // block[0]), -(-k // block[1])
+    keep = torch.rand(grid_r, grid_c, generator=gen) < 0.5
+    keep[-1, :] |= torch.arange(grid_c) % 2 == 0
+    keep[:, -1] = True
+    block_index = keep.nonzero().to(torch.int32)  # row-major, as the artifact lists them
+    weight = torch.randn(n, k, generator=gen)
+    x = torch.randn(m, k, generator=gen)
+    b = torch.randn(n, generator=gen) if bias else None
+    blocks = block_values(weight, block_index, block)
+    x, blocks, b = (None if t is None else t.to(device=device, dtype=dtype) for t in (x, blocks, b))
+    return (x, blocks, block_index.to(device), n, b)
+
+
 def _per_channel(weight_scale: torch.Tensor, n: int, op: str) -> torch.Tensor:
     """A weight scale [N], [N, 1] (per channel) or [1], [1, 1] (per tensor) as float32 [N] or [1]."""
     flat = weight_scale.reshape(-1)
@@ -280,6 +361,16 @@ OPS: dict[str, OpSpec] = {
         rtol=1e-2,
         atol=1e-2,
         doc="x @ W^T for a 2:4-sparse W4A16 weight: kept 4-bit codes packed in int32 and 2-bit positions",
+    ),
+    "block_sparse_linear": OpSpec(
+        name="block_sparse_linear",
+        reference=block_sparse_linear,
+        # N = 76, K = 200 leave partial edge blocks of 16x32; then decode (M = 1) on whole 32x32 blocks.
+        make_inputs=functools.partial(_block_sparse_inputs, shape=(3, 76, 200), block=(16, 32), bias=True),
+        variants=(functools.partial(_block_sparse_inputs, shape=(1, 96, 128), block=(32, 32), bias=False),),
+        rtol=1e-2,
+        atol=1e-2,
+        doc="x @ W^T for a block-sparse W: kept blocks [nb, br, bc] and their (block row, block column)",
     ),
     "w8a8_int8_linear": OpSpec(
         name="w8a8_int8_linear",

@@ -6,20 +6,22 @@ them (prepared once, at load) and calls the op's implementation that the kernel 
 (`get_registry().select_kernel(op, capability)`): the CUDA backend's Triton kernel on a GPU, the portable
 reference elsewhere.
 
-    weights / activations        compressed-tensors   runtime format  op                 module
-    16-bit nn.Linear             (dense)              dense           linear (torch)     DenseLinear
-    int4 / 16-bit                pack-quantized       w4a16           w4a16_linear       W4A16Linear (packed int32)
-    int2..8 but 4 / 16-bit       pack-quantized       w{b}a16         dequant_linear     DequantLinear
-    fp8 / 16-bit                 naive-quantized      w8a16-fp8       dequant_linear     DequantLinear
-    int8 / int8 per token        int-quantized        w8a8-int8       w8a8_int8_linear   W8A8Int8Linear
-    fp8 / fp8 per token or       float-quantized      w8a8-fp8        fp8_linear         FP8Linear
+    weights / activations        compressed-tensors   runtime format  op                   module
+    16-bit nn.Linear             (dense)              dense           linear (torch)       DenseLinear
+      block-pruned, few blocks   (dense)              dense           block_sparse_linear  BlockSparseLinear (decode)
+    int4 / 16-bit                pack-quantized       w4a16           w4a16_linear         W4A16Linear (packed int32)
+    int2..8 but 4 / 16-bit       pack-quantized       w{b}a16         dequant_linear       DequantLinear
+    fp8 / 16-bit                 naive-quantized      w8a16-fp8       dequant_linear       DequantLinear
+    int8 / int8 per token        int-quantized        w8a8-int8       w8a8_int8_linear     W8A8Int8Linear
+    fp8 / fp8 per token or       float-quantized      w8a8-fp8        fp8_linear           FP8Linear
       static per tensor
-    anything else                any                  (as above)      (as above)         ReferenceLinear
+    anything else                any                  (as above)      (as above)           ReferenceLinear
 
 "Anything else" is what an op's contract does not cover: act-order (g_idx) weights, per-group weights under
 quantized activations, static int8 or dynamic per-tensor activations, mixed int/fp8 layers, and any op not
 (yet) declared in ops.OPS. ReferenceLinear runs QuantLinear's own portable forward and reports backend
-"reference" for its op.
+"reference" for its op. A block-pruned float layer keeping few blocks runs its decode steps through the kept blocks
+alone where the device runs the "block" format (accel.runtime.block_sparse).
 """
 
 from __future__ import annotations
@@ -499,7 +501,8 @@ def _on_device(module: QuantLinear, device: torch.device) -> QuantLinear:
         move(qweight.q), move(qweight.scale), move(qweight.zero_point), qweight.args, move(qweight.g_idx)
     )
     copy = QuantLinear(moved, move(module.bias), module.act_args, move(module.input_scale))
-    for attr in ("accel_sparse_mask", "accel_sparse_pattern"):  # a pruned layer's mask travels with it
+    # A pruned layer's mask, pattern and block shape travel with it.
+    for attr in ("accel_sparse_mask", "accel_sparse_pattern", "accel_sparse_block_shape"):
         if hasattr(module, attr):
             setattr(copy, attr, getattr(module, attr))
     return copy
@@ -512,8 +515,10 @@ def runtime_linear(module: nn.Module, kernels: KernelSelector, dtype: torch.dtyp
     fmt = linear_format(module)
     if fmt.module is DenseLinear:
         assert isinstance(module, nn.Linear)
+        from accel.runtime.block_sparse import with_block_sparsity  # block_sparse.py builds on this module's linears
+
         bias = None if module.bias is None else module.bias.detach().to(device, dtype)
-        return DenseLinear(module.weight.detach().to(device, dtype), bias)
+        return with_block_sparsity(module, DenseLinear(module.weight.detach().to(device, dtype), bias), kernels)
     assert isinstance(module, QuantLinear)
     module = _on_device(module, device)
     kernel = kernels.choose(fmt.op)

@@ -46,7 +46,9 @@ from accel.schema.quantization import parse_nm
 SPARSE_FILE = "accel-sparsity/compact.safetensors"
 MASK_TENSOR = {"nm": "weight_nm_indices", "blocks": "weight_blocks", "bitmask": "weight_bitmask"}  # per layout
 
-__all__ = ["SPARSE_FILE", "StoredLayer", "decode_mask", "encode_layer", "read_sparse_layers", "sparse_artifact"]
+__all__ = [
+    "SPARSE_FILE", "StoredLayer", "block_grid", "decode_mask", "encode_layer", "read_sparse_layers", "sparse_artifact",
+]
 
 
 @dataclass
@@ -143,7 +145,7 @@ def encode_layer(
         mask = torch.zeros_like(mask).reshape(out_features, -1, m).scatter_(2, slots, True).reshape(mask.shape)
     elif layout == "blocks":
         br, bc = block_shape
-        grid = _block_grid(mask, block_shape)
+        grid = block_grid(mask, block_shape)
         tensors = {f"{name}.weight_blocks": grid.nonzero().to(torch.int32)}
         record["block_shape"] = [br, bc]
         mask = _mask_from_grid(grid, block_shape, mask.shape)
@@ -160,7 +162,7 @@ def _values_kind(layer: StoredLayer) -> str:
     return "dense" if layer.stored.is_floating_point() else "codes"
 
 
-def _block_grid(mask: torch.Tensor, block_shape: tuple[int, int]) -> torch.Tensor:
+def block_grid(mask: torch.Tensor, block_shape: tuple[int, int]) -> torch.Tensor:
     """[grid rows, grid cols] bool: which blocks keep anything (edge blocks may be partial)."""
     rows, cols = mask.shape
     br, bc = block_shape

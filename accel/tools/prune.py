@@ -99,15 +99,38 @@ def compact_bytes(model: nn.Module, masks: dict[str, torch.Tensor], pattern: str
     return total
 
 
-def sparse_kernel_meta(registry: PluginRegistry, pattern: str) -> dict[str, Any]:
-    """Per available backend: whether it has a sparse kernel for the pattern, or runs the dense-with-zeros weights."""
+# The runtime's sparse execution paths, by pattern: the layer format each serves (quant_backend.W4A16Sparse24Linear,
+# block_sparse.BlockSparseLinear); a backend must also list the pattern in its capability. Anything else runs the
+# dense-with-zeros weights.
+SPARSE_PATHS = {"2:4": "w4a16", "block": "float"}
+
+
+def sparse_kernel_meta(registry: PluginRegistry, pattern: str, layer_format: str = "float") -> dict[str, Any]:
+    """Per available backend: whether layers of `layer_format` ("float", "w4a16" or another quantized format) pruned
+    with `pattern` run through a sparse kernel there, or as the dense-with-zeros weights."""
     meta: dict[str, Any] = {}
+    served = SPARSE_PATHS.get(pattern) == layer_format
     for name, spec in registry.kernel_backends().items():
         if spec.is_available():
             capability = spec.capability()
-            runs = "sparse" if pattern in capability.supported_sparse_formats else "dense-with-zeros"
-            meta[name] = {"device": capability.device_name, "sparse": {"pattern": pattern, "runs": runs}}
+            runs = "sparse" if served and pattern in capability.supported_sparse_formats else "dense-with-zeros"
+            entry: dict[str, Any] = {"pattern": pattern, "layers": layer_format, "runs": runs}
+            if runs == "sparse" and pattern == "block":
+                from accel.runtime.block_sparse import MAX_KEPT_FRACTION, MIN_WEIGHTS
+
+                entry["where"] = (f"decode (M = 1) of layers keeping at most {MAX_KEPT_FRACTION:.0%} of their blocks "
+                                  f"with at least {MIN_WEIGHTS} weights; others run dense-with-zeros")
+            meta[name] = {"device": capability.device_name, "sparse": entry}
     return meta
+
+
+def sparse_layer_format(layers: dict[str, dict[str, Any]] | None) -> str:
+    """"float" for unquantized layers, "w4a16" when every quantized layer is 4-bit weights with 16-bit activations,
+    else "mixed" (the quantize step's per-layer records, or None)."""
+    if not layers:
+        return "float"
+    formats = {(c.get("type"), c.get("num_bits"), c.get("activations")) for c in layers.values() if "num_bits" in c}
+    return "w4a16" if formats and all(t == "int" and b == 4 and not a for t, b, a in formats) else "mixed"
 
 
 def run_prune(
@@ -153,7 +176,8 @@ def run_prune(
     if out is not None:
         from accel.runtime.artifact import save_artifact
 
-        meta = sparse_kernel_meta(registry, config.sparsity.pattern)
+        meta = sparse_kernel_meta(registry, config.sparsity.pattern,
+                                  sparse_layer_format(quantization.layers if quantization else None))
         if quantization is not None:
             for backend, entry in kernel_meta(registry, quantization.layers).items():
                 meta.setdefault(backend, {}).update(entry)

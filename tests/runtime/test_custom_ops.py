@@ -47,3 +47,15 @@ def test_torch_compile_traces_through_the_ops():
 
     compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(*args), step(*args))
+
+
+def test_torch_compile_traces_through_the_block_sparse_op():
+    x, blocks, block_index, n, bias = OPS["block_sparse_linear"].make_inputs(
+        torch.Generator().manual_seed(0), "cpu", torch.float32
+    )
+
+    def step(x):
+        return torch.ops.accel.block_sparse_linear(x, blocks, block_index, n, bias).relu()
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), step(x))

@@ -12,7 +12,7 @@ from accel.quantization.kernels.reference import dequant_linear
 from accel.quantization.qlinear import QuantLinear
 from accel.quantization.weight_quant import WeightQuantArgs, quantize
 from accel.runtime.kv_ops import KV_FORMATS, KVTensors, kv_dequantize
-from accel.runtime.ops import OPS, fp8_linear, w4a16_linear, w8a8_int8_linear
+from accel.runtime.ops import OPS, block_sparse_linear, block_values, fp8_linear, w4a16_linear, w8a8_int8_linear
 from accel.runtime.packing import pack_int32
 
 # Relative error bound of the output, ||got - expected|| / ||expected||: float32 arithmetic lands far under 1e-5;
@@ -198,3 +198,63 @@ def test_op_inputs_cover_every_kv_format_gqa_and_ragged_rows():
         assert len(set(seq_lens.tolist())) == len(seq_lens), "rows must hold different lengths"
         assert int(seq_lens.max()) == k_codes.shape[2] and int(seq_lens.min()) == q.shape[2]
     assert seen == {(fmt, t) for fmt in KV_FORMATS for t in (1, 3)}
+
+
+# Block-sparse linear: the kept-blocks reference against the float64 product with the dense-with-zeros weight.
+
+
+def block_sparse_case(m, n, k, block, fraction, dtype, seed, bias=True):
+    """x, a random block mask keeping about `fraction` of the blocks (edge blocks partial), the op's arguments, and
+    the float64 product with the masked dense weight, computed without the op's block layout."""
+    gen = torch.Generator().manual_seed(seed)
+    br, bc = block
+    keep = torch.rand(math.ceil(n / br), math.ceil(k / bc), generator=gen) < fraction  # [R, C]
+    mask = keep.repeat_interleave(br, 0).repeat_interleave(bc, 1)[:n, :k]
+    weight = torch.randn(n, k, generator=gen, dtype=torch.float64) * mask
+    x = torch.randn(m, k, generator=gen).to(dtype)
+    b = torch.randn(n, generator=gen).to(dtype) if bias else None
+    block_index = keep.nonzero().to(torch.int32)
+    args = (x, block_values(weight, block_index, block).to(dtype), block_index, n, b)
+    expected = x.double() @ weight.to(dtype).double().T + (0 if b is None else b.double())
+    return args, expected
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("m", "n", "k", "block", "fraction"),
+    [
+        (1, 128, 256, (32, 32), 0.5),  # decode, whole blocks
+        (6, 96, 64, (16, 32), 0.3),  # non-square blocks
+        (3, 76, 200, (16, 32), 0.5),  # partial edge blocks on both sides
+        (1, 70, 45, (64, 64), 1.0),  # every block kept, one partial block row and column
+        (4, 33, 17, (8, 8), 0.0),  # no block kept: the bias alone
+        (2, 40, 24, (1, 1), 0.6),  # 1x1 blocks: unstructured
+    ],
+)
+def test_block_sparse_reference_matches_float64(m, n, k, block, fraction, dtype):
+    args, expected = block_sparse_case(m, n, k, block, fraction, dtype, seed=m * 100 + n)
+    got = block_sparse_linear(*args)
+    assert got.dtype == dtype and got.shape == (m, n)
+    error = float((got.double() - expected).norm() / expected.norm())
+    assert error < BOUND[dtype], f"relative error {error:.2e}"
+
+
+def test_block_sparse_reference_keeps_leading_dims_and_runs_without_bias():
+    (x, blocks, block_index, n, _), expected = block_sparse_case(6, 48, 96, (16, 16), 0.5, torch.float32, 1, False)
+    got = block_sparse_linear(x.reshape(2, 3, 96), blocks, block_index.long(), n)
+    assert got.shape == (2, 3, 48)
+    torch.testing.assert_close(got.reshape(6, 48), expected.float())
+    empty = block_sparse_linear(x, blocks[:0], block_index[:0], n)
+    assert torch.equal(empty, torch.zeros(6, 48))
+
+
+def test_block_sparse_reference_rejects_mismatched_arguments():
+    (x, blocks, block_index, n, bias), _ = block_sparse_case(2, 32, 64, (16, 16), 0.5, torch.float32, 0)
+    with pytest.raises(ValueError, match="in x's dtype"):
+        block_sparse_linear(x, blocks.to(torch.bfloat16), block_index, n, bias)
+    with pytest.raises(ValueError, match="block_index"):
+        block_sparse_linear(x, blocks, block_index[:-1], n, bias)
+    with pytest.raises(ValueError, match="bias"):
+        block_sparse_linear(x, blocks, block_index, n, bias[:-1])
+    with pytest.raises(ValueError, match=r"\[nb, br, bc\]"):
+        block_sparse_linear(x, blocks.flatten(1), block_index, n, bias)

@@ -11,7 +11,7 @@ from accel.plugins import load_registry
 from accel.plugins.loader import PluginPolicy
 from accel.sparsity.structured import nm_mask
 from accel.tools.cli import build_app
-from accel.tools.prune import compact_bytes, sparse_kernel_meta, sparsity_by_kind
+from accel.tools.prune import compact_bytes, sparse_kernel_meta, sparse_layer_format, sparsity_by_kind
 from accel.tools.quantize import model_bytes
 
 
@@ -34,9 +34,21 @@ def test_compact_bytes_counts_kept_values_and_metadata():
     assert bitmask == dense - 32 * 64 * 2 + kept * 2 + 32 * 64 // 8
 
 
-def test_kernel_meta_says_the_reference_backend_runs_dense_with_zeros():
-    meta = sparse_kernel_meta(load_registry(PluginPolicy()), "2:4")
-    assert meta["reference"]["sparse"] == {"pattern": "2:4", "runs": "dense-with-zeros"}
+def test_kernel_meta_says_which_layers_run_sparse_where():
+    registry = load_registry(PluginPolicy())
+    meta = sparse_kernel_meta(registry, "2:4", "w4a16")
+    assert meta["reference"]["sparse"] == {"pattern": "2:4", "layers": "w4a16", "runs": "dense-with-zeros"}
+    # the CPU's portable block_sparse_linear skips zero blocks of float layers, within the runtime's limits
+    block = sparse_kernel_meta(registry, "block", "float")["reference"]["sparse"]
+    assert block["runs"] == "sparse" and "25%" in block["where"]
+    assert sparse_kernel_meta(registry, "block", "w4a16")["reference"]["sparse"]["runs"] == "dense-with-zeros"
+
+
+def test_sparse_layer_format_reads_the_quantize_records():
+    w4 = {"method": "rtn", "type": "int", "num_bits": 4, "symmetric": True, "activations": None}
+    assert sparse_layer_format(None) == "float"
+    assert sparse_layer_format({"a": w4, "b": {**w4, "symmetric": False}}) == "w4a16"
+    assert sparse_layer_format({"a": w4, "b": {**w4, "num_bits": 8, "activations": "int8"}}) == "mixed"
 
 
 @pytest.mark.slow
