@@ -12,6 +12,7 @@ of the two bf16 SDPA baselines (default backend choice, and flash forced) on the
 
     python bench/kernels_attention.py            # the table -> bench/results/kernels_attention.json / .md
     python bench/kernels_attention.py --sweep F  # first time launch variants at 32k context (JSON to F)
+    python bench/kernels_attention.py --sweep F --no-table  # the sweep alone (about 2-3 minutes on an H200)
 """
 
 from __future__ import annotations
@@ -62,20 +63,38 @@ def sets_for(fmt: str, batch: int, context: int, l2_bytes: int) -> int:
     return max(2, min(64, math.ceil(3 * l2_bytes / call_bytes(fmt, batch, context))))
 
 
-def sweep_configs(plan_cfg):
+def v2_chunk(batch: int, context: int, block_n: int, sms: int) -> int:
+    """The v2 plan's chunk (power of two, about 4 programs per SM): the baseline for the v3 one-wave chunk."""
+    want = max(1, math.ceil(4 * sms / (batch * HKV)))
+    return max(
+        block_n, 1 << (math.ceil(context / want) - 1).bit_length(), 1 << (math.ceil(context / 64) - 1).bit_length()
+    )
+
+
+def sweep_configs(plan_cfg, fmt: str, chunk_v2: int | None = None):
+    """The plan and variants around it: chunk, stages, tile, the register cap, and the CUDA-core kernel ("fma", no
+    int4 path) at 64 / 32 tokens per tile (at 128 it spills: 9 KB of stack)."""
     from dataclasses import replace
 
     from accel_cuda.kernels.attention import AttnConfig
 
-    return {
+    configs = {
         "plan": plan_cfg,
         "chunk/2": replace(plan_cfg, chunk=max(plan_cfg.block_n, plan_cfg.chunk // 2)),
         "chunk*2": replace(plan_cfg, chunk=plan_cfg.chunk * 2),
         "stages3": replace(plan_cfg, num_stages=3),
-        "bn64": replace(plan_cfg, block_n=64),
+        "bn64": replace(plan_cfg, block_n=64, max_regs=None),
         "bn32": AttnConfig(chunk=plan_cfg.chunk, block_n=32, block_r=plan_cfg.block_r),
         "chunk/2-stages3": replace(plan_cfg, chunk=max(plan_cfg.block_n, plan_cfg.chunk // 2), num_stages=3),
+        "regs168": replace(plan_cfg, max_regs=None if plan_cfg.max_regs else 168),
     }
+    if chunk_v2 is not None:
+        configs["chunk-v2"] = replace(plan_cfg, chunk=chunk_v2)
+    if fmt != "int4":
+        fma = replace(plan_cfg, variant="fma", block_r=4, max_regs=None)
+        configs["fma-bn64"] = replace(fma, block_n=64)
+        configs["fma-bn32"] = replace(fma, block_n=32)
+    return configs
 
 
 def run_sweep(path: str, sms: int, l2_bytes: int) -> None:
@@ -97,7 +116,7 @@ def run_sweep(path: str, sms: int, l2_bytes: int) -> None:
             lens = torch.full((batch,), context, dtype=torch.int32, device="cuda")
             base = plan(batch, HKV, HQ // HKV, context, D, fmt, sms)
             row = {"batch": batch, "fmt": fmt}
-            for name, cfg in sweep_configs(base).items():
+            for name, cfg in sweep_configs(base, fmt, v2_chunk(batch, context, base.block_n, sms)).items():
                 calls = [functools.partial(kernel, q, *s, lens, fmt, D**-0.5, config=cfg) for s in sets]
                 try:
                     row[name] = graph_us(calls, quick=True)
@@ -168,7 +187,10 @@ def main() -> None:
             for fmt in KV_FORMATS:
                 row[f"x_{fmt}"] = bf16 / row[f"{fmt}_us"]
             cfg = plan(batch, HKV, HQ // HKV, context, D, "int8", sms)
-            row["plan"] = f"chunk{cfg.chunk} bn{cfg.block_n} br{cfg.block_r} w{cfg.num_warps} s{cfg.num_stages}"
+            row["plan"] = (
+                f"{cfg.variant} chunk{cfg.chunk} bn{cfg.block_n} br{cfg.block_r} w{cfg.num_warps} s{cfg.num_stages}"
+                f" r{cfg.max_regs}"
+            )
             rows.append(row)
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
     columns = [

@@ -114,6 +114,54 @@ def test_every_path_writes_every_element(fmt, chunk, monkeypatch):
     assert error < BOUND[torch.bfloat16], f"relative error {error:.2e}"
 
 
+@pytest.mark.parametrize("fmt", ["none", "int8", "fp8"])
+@pytest.mark.parametrize(
+    ("b", "hq", "hkv", "t", "d", "cap", "lens", "block_n", "chunk"),
+    [
+        (3, 32, 8, 1, 128, 1000, [1, 129, 1000], 64, 256),  # GQA 4 decode, ragged rows, several splits
+        (3, 32, 8, 1, 128, 1000, [1, 129, 1000], 128, 4096),  # one split: the direct path
+        (2, 8, 2, 3, 128, 200, [3, 150], 64, 64),  # T = 3: causal among the new tokens
+        (1, 12, 4, 1, 96, 300, [299], 32, 128),  # head_dim not a power of two
+        (4, 8, 8, 1, 256, 2048, [2048, 1, 1500, 777], 64, 512),  # head_dim 256
+        (1, 64, 8, 1, 128, 500, [500], 64, 128),  # 8 rows in two row blocks of 4
+    ],
+    ids=["gqa4", "gqa4-direct", "t3", "d96", "d256", "rows8"],
+)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fma_variant(fmt, b, hq, hkv, t, d, cap, lens, block_n, chunk, dtype, monkeypatch):
+    """The CUDA-core split kernel (AttnConfig variant "fma"), output and workspace NaN-poisoned."""
+    from accel_cuda.kernels import attention
+
+    monkeypatch.setattr(attention, "POISON", True)
+    args = make_case(b, hq, hkv, t, d, cap, lens, fmt, dtype)
+    config = attention.AttnConfig(chunk=chunk, block_n=block_n, block_r=4, variant="fma")
+    error = relative_error(run(args, config=config), float64_reference(*args))
+    assert error < BOUND[dtype], f"relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_int8_unaligned_cache_reads_bytes(dtype):
+    """int8 codes whose strides are not multiples of 4 cannot be read as words: the byte path runs instead."""
+    b, hq, hkv, d, cap = 2, 32, 8, 128, 300
+    q, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, lens, fmt, scale = make_case(
+        b, hq, hkv, 1, d, cap, [300, 77], "int8", dtype
+    )
+    padded = [torch.zeros(b, hkv, cap, d + 1, dtype=torch.int8, device="cuda") for _ in range(2)]
+    padded[0][..., 1:] = k_codes
+    padded[1][..., 1:] = v_codes
+    args = (q, padded[0][..., 1:], k_scale, k_zero, padded[1][..., 1:], v_scale, v_zero, lens, fmt, scale)
+    error = relative_error(run(args), float64_reference(*args))
+    assert error < BOUND[dtype], f"relative error {error:.2e}"
+
+
+def test_variant_is_checked():
+    from accel_cuda.kernels import attention
+
+    args = make_case(1, 8, 2, 1, 64, 64, [64], "int4", torch.bfloat16)
+    with pytest.raises(ValueError, match="variant"):
+        run(args, config=attention.AttnConfig(chunk=64, variant="fma"))
+
+
 def test_cuda_graph_replays_with_new_lengths():
     """No host sync: the launch captures into a CUDA graph, and a replay reads the lengths now in the buffer."""
     args = list(make_case(2, 32, 8, 1, 128, 4096, [4096, 100], "int8", torch.bfloat16))

@@ -100,15 +100,24 @@ class GenerationObserver(Protocol):
     def observe_generation(self, result: GenerationResult) -> None: ...
 
 
+class DraftHeads(Protocol):
+    """Heads that draft from the target's final-normed hidden states (speculative.medusa.MedusaHeads)."""
+
+    num_heads: int
+
+    def draft(self, hidden: torch.Tensor, lm_head: torch.nn.Module) -> torch.Tensor: ...
+
+
 @dataclass
 class _CapturedStep:
-    """One (batch size, width T) step in a CUDA graph: static input tokens [B, T], logits [B, T, vocab] and
-    greedy tokens [B, T]."""
+    """One (batch size, width T) step in a CUDA graph: static input tokens [B, T], logits [B, T, vocab],
+    greedy tokens [B, T] and, with draft heads, their tokens [B, T, K]."""
 
     graph: torch.cuda.CUDAGraph
     tokens: torch.Tensor
     logits: torch.Tensor
     greedy: torch.Tensor
+    heads: torch.Tensor | None
 
 
 class Generator:
@@ -122,6 +131,8 @@ class Generator:
     max_batch, max_seq and the KV format, and CUDA graphs default to off when it is not capturable.
     metrics: an observer (accel.integration.metrics.ServingMetrics) told the model and cache once (observe_setup)
     and every generate's result (observe_generation), for Prometheus.
+    draft_heads: Medusa heads (speculative.medusa) run inside every step and prefill on the final-normed hidden
+    states; their argmax for the last step is `last_head_tokens` (speculative.medusa.MedusaDraft reads it).
     """
 
     def __init__(
@@ -136,11 +147,14 @@ class Generator:
         step_widths: Sequence[int] = (),
         cache: RuntimeKVCache | None = None,
         metrics: GenerationObserver | None = None,
+        draft_heads: DraftHeads | None = None,
     ) -> None:
         if any(width < 2 for width in step_widths):
             raise ValueError(f"step_widths are widths T > 1 to capture besides decode (T = 1), got {list(step_widths)}")
         self.model = model
         device = model.device
+        self.draft_heads = draft_heads
+        self._last_heads: tuple[int, torch.Tensor] | None = None
         if cuda_graphs and device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, it is on {device}")
         if cache is not None and kv_format is not None:
@@ -187,10 +201,14 @@ class Generator:
 
     # ------------------------------------------------------------------------------------------ steps
 
-    def _forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step that is captured: tokens [B, T] -> (logits [B, T, vocab], greedy tokens [B, T])."""
-        logits = self.model.decode(tokens, self.cache)
-        return logits, logits.argmax(dim=-1)
+    def _forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The step that is captured: tokens [B, T] -> (logits [B, T, vocab], greedy tokens [B, T], draft heads'
+        tokens [B, T, K] or None)."""
+        if self.draft_heads is None:
+            logits = self.model.decode(tokens, self.cache)
+            return logits, logits.argmax(dim=-1), None
+        logits, hidden = self.model.decode_hidden(tokens, self.cache)
+        return logits, logits.argmax(dim=-1), self.draft_heads.draft(hidden, self.model.lm_head)
 
     def _capture_all(self, batch: int) -> None:
         """Capture the decode step and every step width for `batch` rows, those not captured yet."""
@@ -213,24 +231,24 @@ class Generator:
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            logits, greedy = self._step(tokens)
-        return _CapturedStep(graph, tokens, logits, greedy)
+            logits, greedy, heads = self._step(tokens)
+        return _CapturedStep(graph, tokens, logits, greedy, heads)
 
-    def _run(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step for tokens [B, T] (any device): (logits [B, T, vocab], greedy [B, T]), a captured graph's
-        replay where there is one (its outputs are overwritten by its next replay), else eager."""
+    def _run(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One step for tokens [B, T] (any device): (logits [B, T, vocab], greedy [B, T], heads' tokens or None),
+        a captured graph's replay where there is one (its outputs are overwritten by its next replay), else eager."""
         # non_blocking: a pageable host source is staged before the copy call returns, so no stream sync is needed.
         captured = self._graphs.get(tuple(tokens.shape))
         if captured is None:
             return self._step(tokens.to(self.model.device, non_blocking=True))
         captured.tokens.copy_(tokens, non_blocking=True)
         captured.graph.replay()
-        return captured.logits, captured.greedy
+        return captured.logits, captured.greedy, captured.heads
 
     def _decode(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One decode step for tokens [B]: (logits [B, vocab], greedy [B]); graph outputs are overwritten by
         the next step."""
-        logits, greedy = self._run(tokens[:, None])
+        logits, greedy, _ = self._run(tokens[:, None])
         return logits[:, 0], greedy[:, 0]
 
     # ------------------------------------------------------------------------------------------ checks
@@ -272,7 +290,13 @@ class Generator:
         tokens = torch.tensor(padded, dtype=torch.long, device=device)  # [B, T]
         lengths = torch.tensor([len(prompt) for prompt in prompts], dtype=torch.int32, device=device)
         with torch.no_grad():
-            logits = self.model.prefill(tokens, lengths, self.cache)
+            if self.draft_heads is None:
+                logits = self.model.prefill(tokens, lengths, self.cache)
+            else:
+                logits, hidden = self.model.prefill_hidden(tokens, lengths, self.cache)
+                drafted = self.draft_heads.draft(hidden, self.model.lm_head)  # [B, K]
+                # As if the last prompt token were the last step's only row (MedusaDraft reads row 0).
+                self._last_heads = (len(prompts[0]) - 1, drafted[:, None])
         self._lengths = [len(prompt) for prompt in prompts]
         return logits
 
@@ -296,10 +320,21 @@ class Generator:
             raise ValueError(
                 f"{t} more tokens would take a row past max_seq {self.max_seq} (row lengths {self._lengths})"
             )
+        start = self._lengths[0]
         with torch.no_grad():
-            outputs = self._run(tokens.long())
+            logits, greedy, heads = self._run(tokens.long())
+        if heads is not None:
+            self._last_heads = (start, heads)
         self._lengths = [length + t for length in self._lengths]
-        return outputs
+        return logits, greedy
+
+    @property
+    def last_head_tokens(self) -> tuple[int, torch.Tensor]:
+        """(row 0's cache length before the last step or prefill's last token, the draft heads' tokens of that
+        step [B, T, K]); valid until the next step."""
+        if self._last_heads is None:
+            raise ValueError("no step has run draft heads yet: build the Generator with draft_heads and prefill")
+        return self._last_heads
 
     def rewind(self, lengths: Sequence[int]) -> None:
         """Shorten rows to `lengths` tokens (dropping rejected draft tokens); later steps overwrite the rest."""

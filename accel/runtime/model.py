@@ -365,15 +365,19 @@ class DecoderModel(nn.Module):
             self._rope[length] = (angles.cos().to(self.dtype), angles.sin().to(self.dtype))
         return self._rope[length]
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.norm(x))
-
     def prefill(
         self, tokens: torch.Tensor, lengths: torch.Tensor, cache: StaticKVCache, *, all_logits: bool = False
     ) -> torch.Tensor:
         """Run right-padded prompts tokens [B, T] (row b's lengths[b] tokens first) into rows 0 .. B - 1 of
         `cache`, replacing what they held. Returns each row's logits after its last prompt token [B, vocab], or
         with `all_logits` every position's [B, T, vocab]."""
+        return self.prefill_hidden(tokens, lengths, cache, all_logits=all_logits)[0]
+
+    def prefill_hidden(
+        self, tokens: torch.Tensor, lengths: torch.Tensor, cache: StaticKVCache, *, all_logits: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`prefill`, plus the final-normed hidden states the logits come from (lm_head's input, [B, hidden] or
+        [B, T, hidden]): what draft heads (speculative.medusa) read."""
         b, t = tokens.shape
         rows = cache.rows(b)
         if t > cache.max_seq:
@@ -384,15 +388,19 @@ class DecoderModel(nn.Module):
         for layer in self.layers:
             x = layer(x, cos, sin, rows, None, None)
         rows.seq_lens.copy_(lengths)
-        if all_logits:
-            return self._logits(x)  # [B, T, vocab]
-        last = x[torch.arange(b, device=x.device), lengths.to(torch.int64) - 1]  # [B, hidden]
-        return self._logits(last)
+        if not all_logits:
+            x = x[torch.arange(b, device=x.device), lengths.to(torch.int64) - 1]  # [B, hidden]
+        hidden = self.norm(x)
+        return self.lm_head(hidden), hidden
 
     def decode(self, tokens: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
         """Run tokens [B, T] that follow what rows 0 .. B - 1 of `cache` hold (T = 1: decode; T > 1: speculative
         verification or a chunk after context), store their K/V and advance the rows. Returns logits
         [B, T, vocab]. The caller keeps every row's length + T <= max_seq (a device-side check would sync)."""
+        return self.decode_hidden(tokens, cache)[0]
+
+    def decode_hidden(self, tokens: torch.Tensor, cache: StaticKVCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """`decode`, plus the final-normed hidden states [B, T, hidden] the logits come from."""
         b, t = tokens.shape
         rows = cache.rows(b)
         cos, sin = self._rope_tables(cache.max_seq)
@@ -404,7 +412,8 @@ class DecoderModel(nn.Module):
         for layer in self.layers:
             x = layer(x, cos, sin, rows, positions, seq_lens)
         rows.seq_lens.copy_(seq_lens)
-        return self._logits(x)
+        hidden = self.norm(x)
+        return self.lm_head(hidden), hidden
 
     def kernel_meta(self) -> dict[str, str]:
         """Which backend runs each op: {op: backend} over every linear and the cached attention (several

@@ -247,7 +247,7 @@ def quantize_command(
         {**config.quantization.model_dump(), **{k: v for k, v in changes.items() if v is not None}}
     )
     config = config.model_copy(update={"quantization": quant})
-    target = out or Path("accel-out") / f"{(model or 'bundled').strip('/').replace('/', '--')}-{quant.scheme_name()}"
+    target = out or default_out(model, quant.scheme_name())
     if config.sparsity is not None and config.sparsity.pattern != "none":
         # A sparse profile (e.g. w4a16-2:4) prunes first, then quantizes keeping the mask: what `prune
         # --then-quantize` does, with the profile's own pruning recipe.
@@ -286,6 +286,11 @@ def _quantize_sparse(
     report = run_prune(config, registry, model_name=model, then_quantize=name, out=target, eval_tokens=eval_tokens,
                        progress=not as_json)
     _print_prune_report(report, as_json)
+
+
+def default_out(model: str | None, suffix: str) -> Path:
+    """accel-out/<model>-<suffix>: where a command writes when --out is not given (model ids' slashes as --)."""
+    return Path("accel-out") / f"{(model or 'bundled').strip('/').replace('/', '--')}-{suffix}"
 
 
 @infer.command("run-speculative")
@@ -510,6 +515,16 @@ def distill_command(
     temperature: float = typer.Option(1.0, "--temperature", min=0.0, help="Softmax temperature of the KL loss."),
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", min=1),
     eval_tokens: int = typer.Option(4096, "--eval-tokens", min=2, help="Held-out tokens for the before/after KL."),
+    text_source: str = typer.Option(
+        "bundled", "--text-source",
+        help="Training text: bundled (corpus), a .txt/.jsonl file, or generated (the target's own replies).",
+    ),
+    generate_prompts: int = typer.Option(512, "--generate-prompts", min=1, help="Prompts for --text-source generated."),
+    generate_tokens: int = typer.Option(256, "--generate-tokens", min=1, help="Most tokens of each generated reply."),
+    device: str = typer.Option("cpu", "--device", help="Where the target and the student run (cpu, cuda)."),
+    medusa_heads: int = typer.Option(
+        0, "--medusa-heads", min=0, help="Train this many Medusa heads (speculative.medusa) instead of a student."
+    ),
     out: Path | None = typer.Option(None, "--out", help="Artifact directory (checkpoints go to OUT.checkpoints)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint."),
     as_json: bool = JSON_OPTION,
@@ -524,11 +539,19 @@ def distill_command(
         config = DistillationConfig(
             num_layers=layers, layer_selection=selection, steps=steps, seq_len=seq_len, batch_size=batch, lr=lr,
             warmup_steps=warmup, temperature=temperature, checkpoint_every=checkpoint_every, eval_tokens=eval_tokens,
+            text_source=text_source, generate_prompts=generate_prompts, generate_tokens=generate_tokens,
         )
     except ValidationError as exc:
         raise fail(format_validation_error(exc, "distill options")) from None
-    target = out or Path("accel-out") / f"{(model or 'bundled').strip('/').replace('/', '--')}-draft-{layers}l"
-    report = run_distill(config, model_name=model, out=target, resume=resume, progress=not as_json)
+    target = out or default_out(model, f"draft-{layers}l")
+    if device.startswith("cuda"):
+        import torch
+
+        torch.set_float32_matmul_precision("high")  # TF32 tensor cores for the float32 target and student
+    if medusa_heads:
+        _distill_heads(config, model, medusa_heads, out, resume, device, as_json)
+        return
+    report = run_distill(config, model_name=model, out=target, resume=resume, progress=not as_json, device=device)
     if as_json:
         emit_json(report.to_dict())
         return
@@ -540,6 +563,31 @@ def distill_command(
     console.print(table)
     console.print(f"steps: {report.steps}, final loss {report.final_loss:.4f}; artifact: {report.artifact} "
                   f"(--draft draft_model --draft-model {report.artifact})", highlight=False)
+
+
+def _distill_heads(
+    config: Any, model: str | None, num_heads: int, out: Path | None, resume: bool, device: str, as_json: bool
+) -> None:
+    """`sage infer distill --medusa-heads K`: train K Medusa heads for the target and write them to OUT."""
+    from accel.runtime.loaders import load_model
+    from accel.tools.distillation.heads import distill_heads
+
+    target_model, tokenizer = load_model(model, device=device)
+    target = out or default_out(model, f"medusa-{num_heads}")
+    report = distill_heads(target_model, tokenizer, config, num_heads, source=model or "bundled", out=target,
+                           resume=resume, progress=not as_json)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    table = Table(title=f"{num_heads} Medusa heads for {report.target}: held-out top-1 agreement")
+    for column in ("head", "before", "after"):
+        table.add_column(column, justify="right")
+    for i, (before, after) in enumerate(zip(report.before, report.after, strict=True)):
+        table.add_row(f"+{i + 2}", f"{before:.4f}", f"{after:.4f}")
+    console.print(table)
+    console.print(f"steps: {report.steps}, final loss {report.final_loss:.4f}; heads: {report.out} (on the runtime: "
+                  f"bench/speculative_gpu.py --medusa {report.out}, or speculative.medusa.MedusaDraft)",
+                  highlight=False)
 
 
 def build_app(registry: PluginRegistry) -> typer.Typer:

@@ -225,3 +225,24 @@ def test_cuda_graph_loop_equals_eager_loop() -> None:
             assert sorted(target._graphs) == [(1, 1), (1, 5)]
             assert sorted(draft.generator._graphs) == [(1, 1), (1, 2)]
     assert results[0] == results[1]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("k", [3, 5])
+def test_cuda_separate_draft_model_keeps_greedy_identical(k) -> None:
+    """A separate, shallower draft model (as `sage infer distill` makes) on its own captured Generator: the
+    output is plain greedy's, token for token."""
+    config = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=6,
+                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=512)
+    model = random_model(config, dtype=torch.bfloat16, device="cuda")
+    draft_config = LlamaConfig(**{**config.to_dict(), "num_hidden_layers": 2})
+    draft_model = random_model(draft_config, dtype=torch.bfloat16, device="cuda", seed=1)
+    prompt = [5, 6, 7, 8, 5, 6, 7, 8, 5, 6]
+    target = Generator(model, max_seq=300, step_widths=(k + 1,))
+    expected = target.generate([prompt], 200).tokens[0]
+    draft = RuntimeModelDraft(draft_model, max_seq=300)
+    for _ in range(2):
+        tokens, metrics = speculative_generate_runtime(target, prompt, 200, draft, k=k)
+        assert tokens[0].tolist() == expected
+        assert metrics.num_drafts > 0

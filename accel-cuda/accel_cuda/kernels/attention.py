@@ -20,6 +20,15 @@ Dequantization (x^ = (q - zp) * s per kv_ops' formats) stays exact where it can:
   2^23 + (n ^ 8) with one logical op ((n & 15) ^ 0x4B000008 read as fp32), minus (2^23 + 8 + zp) exactly,
   times s, then rounded once to the dot dtype.
 
+- int8 with 16-bit queries (v3): the codes load as int32 words and become fp16 in registers of the load's
+  layout (XOR 0x80808080, PRMT with 0x64 bytes -> the fp16 pair 1024 + c + 128, HSUB2 of 1152: exact), and both
+  dots run in fp16 like fp8's (q rows scaled into [-1, 1], p by the tile's largest V scale). Converting before
+  Triton lays V out for the PV dot stages 16-bit values through shared memory instead of single bytes.
+
+AttnConfig.variant "fma" runs a CUDA-core split kernel instead (fp32 FMAs on the cache's own layout, rows not
+padded to 16; none / int8 / fp8): exact and tested, but at GQA 4 x T=1 it issues about twice the instructions per
+token of the tensor-core kernel, so the plan does not pick it (KERNEL_NOTES.md).
+
 Position handling: query t of row b is at p = seq_lens[b] - T + t and sees positions <= p. A split that is live
 for a row may hold none of a query's positions (T > 1): that query's partial has lse = -inf and output 0.
 The number of splits is fixed by the cache capacity (not the lengths), so the launch needs no host sync and a
@@ -81,6 +90,44 @@ def _int4_tile(
     return lo, hi
 
 
+# int8 word (4 codes c0..c3, c0 in the low byte) -> 4 fp16 codes: x ^ 0x80808080 makes each byte u = c + 128; PRMT
+# pairs two bytes with 0x64 high bytes, the fp16 pair (1024 + u_a, 1024 + u_b); one HSUB2 of 1152 leaves c exactly.
+_I8_F16_ASM = tl.constexpr("""{
+.reg .b32 t, a, b, k;
+xor.b32 t, $4, 0x80808080;
+mov.b32 k, 0x64806480;
+prmt.b32 a, t, 0x64646464, 0x4140;
+prmt.b32 b, t, 0x64646464, 0x4342;
+sub.rn.f16x2 a, a, k;
+sub.rn.f16x2 b, b, k;
+mov.b32 {$0, $1}, a;
+mov.b32 {$2, $3}, b;
+}""")
+
+
+@triton.jit
+def _int8_words_f16(w, ASM: tl.constexpr):
+    """int8 codes loaded as int32 words [N, DW] -> fp16 [N, 4 DW] in channel order, exact, in registers of the
+    load's own layout (so Triton stages 16-bit values, not bytes, for the dot's operand layout). Without ASM
+    (the interpreter) the same bytes are cut out with shifts."""
+    if ASM:
+        c0, c1, c2, c3 = tl.inline_asm_elementwise(
+            _I8_F16_ASM,
+            "=h,=h,=h,=h,r",
+            [w],
+            dtype=(tl.float16, tl.float16, tl.float16, tl.float16),
+            is_pure=True,
+            pack=1,
+        )
+    else:
+        c0 = ((w << 24) >> 24).to(tl.float16)
+        c1 = ((w << 16) >> 24).to(tl.float16)
+        c2 = ((w << 8) >> 24).to(tl.float16)
+        c3 = (w >> 24).to(tl.float16)
+    x = tl.join(tl.join(c0, c2), tl.join(c1, c3))  # [N, DW, 2 (b), 2 (a)]: channel 4 i + 2 b + a
+    return tl.reshape(x, (x.shape[0], x.shape[1] * 4))
+
+
 # Sizes that only bound loops and masks are not specialized (fewer compiles); strides are, for 16-byte loads.
 @triton.jit(do_not_specialize=["sm_scale", "cap", "HKV", "R", "T", "CHUNK", "SPLITS"])
 def _split_kernel(
@@ -119,6 +166,8 @@ def _split_kernel(
     DIRECT: tl.constexpr,
     PRECISION: tl.constexpr,
     F16: tl.constexpr,
+    WORDS: tl.constexpr,
+    ASM: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -169,6 +218,8 @@ def _split_kernel(
                 q_amax = tl.maximum(tl.max(tl.abs(q32), axis=1), 1e-30)
                 q = (q32 / q_amax[:, None]).to(tl.float16)
             acc = tl.zeros((BLOCK_R, BLOCK_D), tl.float32)
+            offs_w = tl.arange(0, BLOCK_D // 4)  # int8 codes as int32 words (WORDS)
+            w_mask = offs_w < D // 4
         for n0 in range(start, end, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             n_mask = offs_n < end
@@ -178,15 +229,28 @@ def _split_kernel(
                 s = tl.dot(q_odd, tl.trans(k_hi), s, input_precision=PRECISION)
                 s = s * qk_scale
             else:
-                kt = tl.load(
-                    k_base + offs_n[:, None] * stride_kn + offs_d[None, :],
-                    mask=n_mask[:, None] & d_mask[None, :],
-                    other=0.0,
-                )
-                if F16:
+                if WORDS:
+                    kw = tl.load(
+                        k_base.to(tl.pointer_type(tl.int32)) + offs_n[:, None] * (stride_kn // 4) + offs_w[None, :],
+                        mask=n_mask[:, None] & w_mask[None, :],
+                        other=0,
+                    )
+                    s = tl.dot(q, tl.trans(_int8_words_f16(kw, ASM)))
+                    s = s * q_amax[:, None]
+                elif F16:
+                    kt = tl.load(
+                        k_base + offs_n[:, None] * stride_kn + offs_d[None, :],
+                        mask=n_mask[:, None] & d_mask[None, :],
+                        other=0.0,
+                    )
                     s = tl.dot(q, tl.trans(kt.to(tl.float16)))
                     s = s * q_amax[:, None]
                 else:
+                    kt = tl.load(
+                        k_base + offs_n[:, None] * stride_kn + offs_d[None, :],
+                        mask=n_mask[:, None] & d_mask[None, :],
+                        other=0.0,
+                    )
                     s = tl.dot(q, tl.trans(kt.to(dt)), input_precision=PRECISION)
                 if FMT == 0:
                     s = s * qk_scale
@@ -206,11 +270,19 @@ def _split_kernel(
                 acc_even = tl.dot(pd, v_lo, acc_even * alpha[:, None], input_precision=PRECISION)
                 acc_odd = tl.dot(pd, v_hi, acc_odd * alpha[:, None], input_precision=PRECISION)
             else:
-                vt = tl.load(
-                    v_base + offs_n[:, None] * stride_vn + offs_d[None, :],
-                    mask=n_mask[:, None] & d_mask[None, :],
-                    other=0.0,
-                )
+                if WORDS:
+                    vw = tl.load(
+                        v_base.to(tl.pointer_type(tl.int32)) + offs_n[:, None] * (stride_vn // 4) + offs_w[None, :],
+                        mask=n_mask[:, None] & w_mask[None, :],
+                        other=0,
+                    )
+                    vt = _int8_words_f16(vw, ASM)
+                else:
+                    vt = tl.load(
+                        v_base + offs_n[:, None] * stride_vn + offs_d[None, :],
+                        mask=n_mask[:, None] & d_mask[None, :],
+                        other=0.0,
+                    )
                 if F16:
                     # V's scales over the tile's largest keep p * s in fp16's normal range.
                     v_scale = tl.load(vs_base + offs_n * stride_vsn, mask=n_mask, other=0.0)
@@ -240,6 +312,139 @@ def _split_kernel(
             tl.store(dst + 2 * offs_h[None, :] + 1, (acc_odd * inv_l[:, None]).to(cast), mask=om)
         else:
             tl.store(dst + offs_d[None, :], (acc * inv_l[:, None]).to(cast), mask=r_mask[:, None] & d_mask[None, :])
+
+
+@triton.jit
+def _codes_f32(x, FMT: tl.constexpr):
+    """int8 / fp8 / 16-bit / fp32 codes as exact fp32. int8 without I2F (an eighth-rate conversion): the byte
+    c ^ 0x80 = c + 128 sits in the low mantissa bits of 2^23, so (byte ^ 0x4B000080) read as fp32 is
+    2^23 + 128 + c, and one FADD of -(2^23 + 128) leaves c."""
+    if FMT == 1:
+        u = x.to(tl.uint8, bitcast=True).to(tl.int32)
+        return (u ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+    else:
+        return x.to(tl.float32)
+
+
+@triton.jit(do_not_specialize=["sm_scale", "cap", "HKV", "R", "T", "CHUNK", "SPLITS"])
+def _fma_kernel(
+    q_ptr,
+    k_ptr,
+    ks_ptr,
+    kz_ptr,
+    v_ptr,
+    vs_ptr,
+    vz_ptr,
+    lens_ptr,
+    o_ptr,
+    lse_ptr,
+    out_ptr,
+    sm_scale,
+    cap,
+    HKV,
+    R,
+    T,
+    CHUNK,
+    SPLITS,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_ksb,
+    stride_ksh,
+    stride_ksn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_vsb,
+    stride_vsh,
+    stride_vsn,
+    D: tl.constexpr,
+    FMT: tl.constexpr,
+    DIRECT: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    REPS: tl.constexpr,
+    LANES: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """The split launch on CUDA cores (v3), for few query rows per KV head (decode): fp32 FMAs on [REPS, LANES, D]
+    tiles in the cache's own layout (16-byte loads along head_dim, no token-pair shuffle for V, no padding of the
+    rows to 16). Each of the LANES token slots of a tile (tile token i = rep * LANES + lane) keeps its own online
+    softmax (m, l, acc[r, lane, :]), so the loop needs no cross-thread max or sum over tokens, only the sum over
+    head_dim for the scores; the slots merge once at the end: m = max_lane m_lane,
+    l = sum_lane 2^(m_lane - m) l_lane, o = sum_lane 2^(m_lane - m) acc_lane / l."""
+    pid_bh = tl.program_id(0)
+    split = tl.program_id(1)
+    pid_r = tl.program_id(2)
+    b = pid_bh // HKV
+    h = pid_bh % HKV
+    seq_len = tl.load(lens_ptr + b).to(tl.int32)
+    start = split * CHUNK
+    if start < seq_len:
+        end = tl.minimum(start + CHUNK, seq_len)
+        BLOCK_N: tl.constexpr = REPS * LANES
+        rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+        r_mask = rows < R
+        qpos = seq_len - T + rows % T
+        q_rows = q_ptr + (pid_bh.to(tl.int64) * R + rows[:, None]) * D
+        b64 = b.to(tl.int64)
+        k_base = k_ptr + b64 * stride_kb + h * stride_kh
+        v_base = v_ptr + b64 * stride_vb + h * stride_vh
+        ks_base = ks_ptr + b64 * stride_ksb + h * stride_ksh
+        vs_base = vs_ptr + b64 * stride_vsb + h * stride_vsh
+        # 4-D tiles [row, lane, rep, channel] (tile token = rep * LANES + lane): every operand is built in 4-D, so
+        # Triton lays each out like the K / V loads (16 bytes per thread along channels, lanes across threads, reps
+        # and rows within a thread) and the sums over channels / reps are the only reductions.
+        offs_d = tl.arange(0, BLOCK_D)[None, None, None, :]
+        d_mask = offs_d < D
+        offs_r = rows[:, None, None, None]
+        # sm_scale * log2 e folded into q: scores come out in base 2.
+        q = tl.load(q_rows[:, :, None, None] + offs_d, mask=(offs_r < R) & d_mask, other=0.0).to(tl.float32)
+        q = q * (sm_scale * 1.4426950408889634)  # [BLOCK_R, 1, 1, BLOCK_D]
+        offs_t = tl.arange(0, LANES)[None, :, None, None] + tl.arange(0, REPS)[None, None, :, None] * LANES
+        m_i = tl.full((BLOCK_R, LANES, 1), float("-inf"), tl.float32)
+        l_i = tl.zeros((BLOCK_R, LANES, 1), tl.float32)
+        acc = tl.zeros((BLOCK_R, LANES, 1, BLOCK_D), tl.float32)
+        qpos3 = qpos[:, None, None]
+        for n0 in range(start, end, BLOCK_N):
+            offs_n = n0 + offs_t  # [1, LANES, REPS, 1]
+            n_mask = offs_n < end
+            kt = tl.load(k_base + offs_n * stride_kn + offs_d, mask=n_mask & d_mask, other=0.0)
+            s = tl.sum(q * _codes_f32(kt, FMT), axis=3)  # [BLOCK_R, LANES, REPS]
+            if FMT != 0:
+                s = s * tl.sum(tl.load(ks_base + offs_n * stride_ksn, mask=n_mask, other=0.0), axis=3)
+            n3 = tl.sum(offs_n, axis=3)  # [1, LANES, REPS]: the token positions, in the scores' layout
+            s = tl.where((n3 < end) & (n3 <= qpos3), s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=2, keep_dims=True))  # [BLOCK_R, LANES, 1]
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # slots with no visible key yet
+            alpha = tl.math.exp2(m_i - m_safe)
+            p = tl.math.exp2(s - m_safe)
+            l_i = l_i * alpha + tl.sum(p, axis=2, keep_dims=True)
+            m_i = m_new
+            vt = tl.load(v_base + offs_n * stride_vn + offs_d, mask=n_mask & d_mask, other=0.0)
+            if FMT != 0:
+                p = p * tl.sum(tl.load(vs_base + offs_n * stride_vsn, mask=n_mask, other=0.0), axis=3)
+            acc = acc * alpha[:, :, :, None] + tl.sum(p[:, :, :, None] * _codes_f32(vt, FMT), axis=2, keep_dims=True)
+        m_i = tl.reshape(m_i, (BLOCK_R, LANES))
+        l_i = tl.reshape(l_i, (BLOCK_R, LANES))
+        acc = tl.reshape(acc, (BLOCK_R, LANES, BLOCK_D))
+        offs_d = tl.arange(0, BLOCK_D)
+        d_mask = offs_d < D
+        m_row = tl.max(m_i, axis=1)
+        w = tl.math.exp2(m_i - tl.where(m_row == float("-inf"), 0.0, m_row)[:, None])  # 0 for empty slots
+        l_row = tl.sum(l_i * w, axis=1)
+        o = tl.sum(acc * w[:, :, None], axis=1)  # [BLOCK_R, BLOCK_D]
+        has = l_row > 0
+        inv_l = tl.where(has, 1.0 / tl.where(has, l_row, 1.0), 0.0)
+        if DIRECT:
+            dst = out_ptr + (pid_bh.to(tl.int64) * R + rows[:, None]) * D
+            cast = out_ptr.dtype.element_ty
+        else:
+            part = (pid_bh.to(tl.int64) * SPLITS + split) * R + rows
+            dst = o_ptr + part[:, None] * D
+            cast = tl.float32
+            lse = tl.where(has, m_row + tl.math.log2(tl.where(has, l_row, 1.0)), float("-inf"))
+            tl.store(lse_ptr + part, lse, mask=r_mask)
+        tl.store(dst + offs_d[None, :], (o * inv_l[:, None]).to(cast), mask=r_mask[:, None] & d_mask[None, :])
 
 
 @triton.jit(do_not_specialize=["HKV", "R", "CHUNK", "SPLITS"])
@@ -277,16 +482,23 @@ def _reduce_kernel(
 
 @dataclass(frozen=True)
 class AttnConfig:
-    """One launch: cache positions per split program (a multiple of block_n), tile sizes, Triton's warps/stages."""
+    """One launch: cache positions per split program (a multiple of block_n), tile sizes, Triton's warps/stages, and
+    the split kernel: "dot" (tensor cores, rows padded to 16) or "fma" (CUDA cores, rows unpadded; no int4)."""
 
     chunk: int
     block_n: int = 64
     block_r: int = 16
     num_warps: int = 4
     num_stages: int = 2
+    variant: str = "dot"
+    max_regs: int | None = None  # ptxas register cap per thread (Triton's maxnreg): 168 -> 3 programs of 4 warps/SM
 
 
 MAX_SPLITS = 64
+VARIANTS = ("dot", "fma")
+# Programs of the planned split kernel that one SM holds at once (sm_90 compile, head_dim 128, 4 warps): bf16 96
+# registers / 38 KB shared -> 5; int8 168 / 73 KB -> 3; fp8 255 and int4 248 registers -> 2.
+RESIDENT = {"none": 5, "int8": 3, "fp8": 2, "int4": 2}
 
 
 def _pow2_at_least(n: int) -> int:
@@ -294,13 +506,43 @@ def _pow2_at_least(n: int) -> int:
 
 
 def plan(batch: int, kv_heads: int, rows: int, capacity: int, head_dim: int, fmt: str, sm_count: int) -> AttnConfig:
-    """Enough split programs for about 4 per SM over the cache capacity (at most MAX_SPLITS per head), each
-    taking a power-of-two chunk of positions; row blocks of up to 64 query rows; smaller tiles for head_dim 256."""
+    """Split programs for one full wave: as many as fit the SMs at once (RESIDENT per SM for head_dim <= 128, else
+    about 4), at most MAX_SPLITS per head, each taking a chunk of positions that is a multiple of block_n; row
+    blocks of up to 64 query rows; smaller tiles for head_dim 256. (v2 took power-of-two chunks for ~4 programs
+    per SM: 512 programs at B=1 32k where 396 fit, a second wave of 116.) Always the tensor-core kernel: at GQA 4 x
+    T=1 the CUDA-core one issues about twice the instructions per token (sm_90 SASS, KERNEL_NOTES.md)."""
     block_n = (64 if fmt == "none" else 128) if head_dim <= 128 else 32
-    want = max(1, math.ceil(4 * sm_count / (batch * kv_heads)))
-    chunk = max(block_n, _pow2_at_least(math.ceil(capacity / want)), _pow2_at_least(math.ceil(capacity / MAX_SPLITS)))
     block_r = min(64, max(16, _pow2_at_least(rows)))
-    return AttnConfig(chunk=chunk, block_n=block_n, block_r=block_r, num_warps=4 if block_r <= 32 else 8)
+    num_warps = 4 if block_r <= 32 else 8
+    resident = RESIDENT.get(fmt, 2) if head_dim <= 128 and num_warps == 4 else 4
+    heads = batch * kv_heads * math.ceil(rows / block_r)
+    splits = min(MAX_SPLITS, max(1, resident * sm_count // max(1, heads)), math.ceil(capacity / block_n))
+    chunk = block_n * math.ceil(capacity / (splits * block_n))
+    # int8 (v3, codes as words -> fp16 in registers) compiles to 184 registers: capped at 168 it spills 16 bytes and
+    # runs 3 programs of 4 warps per SM instead of 2 (its 73 KB of pipeline buffers allow 3).
+    max_regs = 168 if fmt == "int8" and block_n == 128 and num_warps == 4 else None
+    # fp8 and int4 pipeline three tiles deep (sweep, H200, 32k: fp8 37.4 -> 31.7 us at B=1, 458 -> 342 at B=16; int4
+    # 57.4 -> 55.0, 765 -> 703); bf16 and int8 lose with it (their shared memory then caps the programs per SM).
+    num_stages = 3 if fmt in ("fp8", "int4") else 2
+    return AttnConfig(chunk=chunk, block_n=block_n, block_r=block_r, num_warps=num_warps, num_stages=num_stages,
+                      max_regs=max_regs)
+
+
+def _variant(cfg: AttnConfig, fmt: str) -> str:
+    """The config's split kernel, checked: the CUDA-core kernel has no int4 path."""
+    if cfg.variant not in VARIANTS or (cfg.variant == "fma" and fmt == "int4"):
+        raise ValueError(f"AttnConfig.variant must be one of {VARIANTS} (fma: not int4), got {cfg.variant!r}")
+    return cfg.variant
+
+
+def _fma_tile(cfg: AttnConfig, block_d: int, elem_bytes: int) -> tuple[int, int]:
+    """(LANES, REPS) of the CUDA-core kernel's [REPS, LANES, head_dim] tile: LANES = the tokens one pass of the
+    program's threads covers at 16 bytes per thread (elem_bytes 0: int4, two channels a byte), REPS = the passes
+    in block_n tokens (at least one)."""
+    row_bytes = block_d // 2 if elem_bytes == 0 else block_d * elem_bytes
+    threads_per_token = min(32, max(1, row_bytes // 16))
+    lanes = max(1, cfg.num_warps * 32 // threads_per_token)
+    return lanes, max(1, cfg.block_n // lanes)
 
 
 def _sm_count(device: torch.device) -> int:
@@ -381,50 +623,83 @@ def cached_attention(
     v_zero = v_zero if v_zero is not None else v_scale
     block_d = _pow2_at_least(max(d, 16 if fmt != "int4" else 32))
     lens = seq_lens if seq_lens.device == q.device else seq_lens.to(q.device)
+    variant = _variant(cfg, fmt)
+    # int8 codes read as int32 words and turned into fp16 in registers (dot path, 16-bit queries).
+    words = (
+        fmt == "int8"
+        and q.dtype != torch.float32
+        and d % 4 == 0
+        and all(x % 4 == 0 for x in (*k_codes.stride()[:3], *v_codes.stride()[:3]))
+        and k_codes.data_ptr() % 4 == 0
+        and v_codes.data_ptr() % 4 == 0
+    )
+    block_r = min(cfg.block_r, _pow2_at_least(rows)) if variant == "fma" else cfg.block_r
+    common = (
+        q,
+        k_codes,
+        k_scale,
+        k_zero,
+        v_codes,
+        v_scale,
+        v_zero,
+        lens,
+        o_part,
+        lse,
+        out,
+        sm_scale,
+        cap,
+        hkv,
+        rows,
+        t,
+        cfg.chunk,
+        splits,
+        k_codes.stride(0),
+        k_codes.stride(1),
+        k_codes.stride(2),
+        k_scale.stride(0),
+        k_scale.stride(1),
+        k_scale.stride(2),
+        v_codes.stride(0),
+        v_codes.stride(1),
+        v_codes.stride(2),
+        v_scale.stride(0),
+        v_scale.stride(1),
+        v_scale.stride(2),
+    )
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
-        grid = (b * hkv, splits, triton.cdiv(rows, cfg.block_r))
-        _split_kernel[grid](
-            q,
-            k_codes,
-            k_scale,
-            k_zero,
-            v_codes,
-            v_scale,
-            v_zero,
-            lens,
-            o_part,
-            lse,
-            out,
-            sm_scale,
-            cap,
-            hkv,
-            rows,
-            t,
-            cfg.chunk,
-            splits,
-            k_codes.stride(0),
-            k_codes.stride(1),
-            k_codes.stride(2),
-            k_scale.stride(0),
-            k_scale.stride(1),
-            k_scale.stride(2),
-            v_codes.stride(0),
-            v_codes.stride(1),
-            v_codes.stride(2),
-            v_scale.stride(0),
-            v_scale.stride(1),
-            v_scale.stride(2),
-            D=d,
-            FMT=_FMT_CODE[fmt],
-            DIRECT=direct,
-            PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-            F16=fmt == "fp8" and q.dtype != torch.float32,
-            BLOCK_R=cfg.block_r,
-            BLOCK_N=cfg.block_n,
-            BLOCK_D=block_d,
-            num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages,
-        )
+        grid = (b * hkv, splits, triton.cdiv(rows, block_r))
+        if variant == "fma":
+            lanes, reps = _fma_tile(cfg, block_d, k_codes.element_size() if fmt != "int4" else 0)
+            _fma_kernel[grid](
+                *common,
+                D=d,
+                FMT=_FMT_CODE[fmt],
+                DIRECT=direct,
+                BLOCK_R=block_r,
+                REPS=reps,
+                LANES=lanes,
+                BLOCK_D=block_d,
+                num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages,
+                maxnreg=cfg.max_regs,
+            )
+        else:
+            _split_kernel[grid](
+                *common,
+                D=d,
+                FMT=_FMT_CODE[fmt],
+                DIRECT=direct,
+                PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+                F16=fmt in ("fp8", "int8") and q.dtype != torch.float32,
+                WORDS=words,
+                ASM=not INTERPRET,
+                BLOCK_R=block_r,
+                BLOCK_N=cfg.block_n,
+                BLOCK_D=block_d,
+                num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages,
+                maxnreg=cfg.max_regs,
+            )
         if not direct:
             _reduce_kernel[(b * hkv * rows,)](
                 o_part,

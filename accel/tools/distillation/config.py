@@ -11,7 +11,7 @@ from accel.schema.base import AccelModel
 LayerSelection = Literal["first", "strided"]
 
 # Fields that may change between a run and its --resume: they do not change the trajectory of the weights.
-RESUMABLE_FIELDS = frozenset({"checkpoint_every", "eval_tokens"})
+RESUMABLE_FIELDS = frozenset({"checkpoint_every", "eval_tokens", "generate_batch"})
 
 
 class DistillationConfig(AccelModel):
@@ -25,6 +25,11 @@ class DistillationConfig(AccelModel):
     The learning rate warms up linearly over `warmup_steps`, then follows a cosine down to lr * min_lr_ratio
     at `steps`. Batches are `batch_size` windows of `seq_len` tokens of the training text (the calibration
     split of the bundled corpus by default; never its evaluation split, which the before/after report uses).
+
+    `text_source` "generated" trains on the target's own replies (selfgen.py) to `generate_prompts`
+    instruction prompts, each up to `generate_tokens` new tokens at `generate_temperature` (0: greedy, the
+    text greedy speculative decoding verifies); the before/after agreement is then measured on its replies to
+    held-out prompts. Replies are generated `generate_batch` prompts at a time on the target's device.
     """
 
     num_layers: int = Field(default=6, ge=1)
@@ -40,6 +45,10 @@ class DistillationConfig(AccelModel):
     temperature: float = Field(default=1.0, gt=0.0)
     train_embeddings: bool = False
     text_source: str = "bundled"
+    generate_prompts: int = Field(default=512, ge=1)
+    generate_tokens: int = Field(default=256, ge=1)
+    generate_temperature: float = Field(default=0.0, ge=0.0)
+    generate_batch: int = Field(default=64, ge=1)
     checkpoint_every: int = Field(default=50, ge=1)
     eval_tokens: int = Field(default=4096, ge=2)
     seed: int = 0

@@ -10,6 +10,8 @@ it: an artifact holds exactly the files its manifest lists.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,11 +21,13 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from accel.data.corpus import corpus_fingerprint, evaluation_windows
+from accel.errors import CorpusError
 from accel.runtime.artifact import FORMAT, ArtifactInfo, dense_tensors, write_artifact
 from accel.runtime.loaders import load_model
 from accel.tools.distillation.config import DistillationConfig
 from accel.tools.distillation.data import TokenWindows
 from accel.tools.distillation.metrics import AgreementResult, compare_to_target
+from accel.tools.distillation.selfgen import GENERATED_SOURCE, generated_stream
 from accel.tools.distillation.student import make_student, select_layers
 from accel.tools.distillation.train import train_student
 
@@ -78,8 +82,43 @@ def save_draft_artifact(
         "kernel_meta": {},
         "distillation": report.to_dict(),
     }
-    return write_artifact(student, tokenizer, out, tensors=dense_tensors(student, set(), dtype),
+    tensors = {key: tensor.cpu() for key, tensor in dense_tensors(student, set(), dtype).items()}
+    return write_artifact(student, tokenizer, out, tensors=tensors,
                           quantization_config=None, manifest=manifest, dtype=dtype, overwrite=True)
+
+
+def _generation_key(config: DistillationConfig) -> str:
+    """A short digest of the settings that decide the generated text, naming its cache file."""
+    fields = ("generate_prompts", "generate_tokens", "generate_temperature", "seed")
+    text = json.dumps({name: getattr(config, name) for name in fields}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def training_text(
+    target: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: DistillationConfig, checkpoint_dir: Path
+) -> tuple[torch.Tensor, TokenWindows]:
+    """(held-out windows [n, seq_len], training windows): the bundled corpus's evaluation / calibration splits or
+    a text file's, or with text_source "generated" the target's replies to held-out / training prompts (cached
+    in the checkpoint directory, so --resume trains on the same text)."""
+    if config.text_source != GENERATED_SOURCE:
+        heldout = evaluation_windows(tokenizer, config.seq_len, max_tokens=config.eval_tokens)  # [n, seq_len]
+        return heldout, TokenWindows.from_text(tokenizer, config.text_source, config.seq_len, config.batch_size,
+                                               config.seed)
+    streams = {}
+    counts = {"evaluation": max(1, config.generate_prompts // 8), "calibration": config.generate_prompts}
+    for split, count in counts.items():
+        streams[split] = generated_stream(
+            target, tokenizer, split=split, num_prompts=count, max_new_tokens=config.generate_tokens,
+            temperature=config.generate_temperature, batch_size=config.generate_batch, seed=config.seed,
+            cache=checkpoint_dir / f"generated-{split}-{_generation_key(config)}.safetensors",
+        )
+    heldout = streams["evaluation"][: config.eval_tokens]
+    count = heldout.numel() // config.seq_len
+    if count == 0:
+        raise CorpusError(f"the target's held-out replies hold {heldout.numel()} tokens, fewer than one window of "
+                          f"seq_len {config.seq_len}; raise generate_prompts or generate_tokens, or lower seq_len")
+    heldout = heldout[: count * config.seq_len].view(count, config.seq_len)
+    return heldout, TokenWindows(streams["calibration"], config.seq_len, config.batch_size, config.seed)
 
 
 def distill_loaded(
@@ -100,9 +139,8 @@ def distill_loaded(
     checkpoint_dir = checkpoint_dir or default_checkpoint_dir(out)
     layers = select_layers(len(target.get_decoder().layers), config.num_layers, config.layer_selection)
     student = make_student(target, layers)
-    heldout = evaluation_windows(tokenizer, config.seq_len, max_tokens=config.eval_tokens)  # [n, seq_len]
+    heldout, windows = training_text(target, tokenizer, config, checkpoint_dir)
     before = compare_to_target(student, target, heldout, progress=progress)
-    windows = TokenWindows.from_text(tokenizer, config.text_source, config.seq_len, config.batch_size, config.seed)
     trained = train_student(student, target, windows, config, checkpoint_dir, resume=resume, progress=progress)
     after = compare_to_target(student, target, heldout, progress=progress)
     report = DistillReport(
@@ -124,8 +162,9 @@ def run_distill(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> DistillReport:
-    """Load the target (default: the bundled model) in float32 and run the job."""
-    target, tokenizer = load_model(model_name, dtype=torch.float32)
+    """Load the target (default: the bundled model) in float32 on `device` and run the job."""
+    target, tokenizer = load_model(model_name, dtype=torch.float32, device=device)
     return distill_loaded(target, tokenizer, config, source=model_name or "bundled", out=out,
                           checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)

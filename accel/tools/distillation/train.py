@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
@@ -75,34 +76,52 @@ def train_student(
     progress: bool = True,
 ) -> TrainResult:
     """Train `student` in place for config.steps steps (see the module docstring); the target is left frozen."""
+    target.eval().requires_grad_(False)
+    if not config.train_embeddings:
+        for embedding in (student.get_input_embeddings(), student.get_output_embeddings()):
+            embedding.weight.requires_grad_(False)
+
+    def loss_of(batch: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target_logits = target(input_ids=batch, use_cache=False).logits  # [B, L, V]
+        student_logits = student(input_ids=batch, use_cache=False).logits  # [B, L, V]
+        return distillation_loss(student_logits, target_logits, config.temperature)
+
+    return train_loop(student, loss_of, windows, config, checkpoint_dir, resume=resume, progress=progress)
+
+
+def train_loop(
+    module: nn.Module,
+    loss_of: Callable[[torch.Tensor], torch.Tensor],
+    windows: TokenWindows,
+    config: DistillationConfig,
+    checkpoint_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `module`'s parameters that require grad on loss_of(batch) for config.steps steps (AdamW, clipped
+    gradients, warmup + cosine), checkpointed and resumable (module docstring)."""
     start = time.perf_counter()
     latest = latest_checkpoint(checkpoint_dir)
     if latest is not None and not resume:
         raise ArtifactError(f"{checkpoint_dir} holds checkpoints ({latest.name}); pass --resume to continue them, "
                             "or delete the directory to start over")
-    target.eval().requires_grad_(False)
-    student.train()
-    if not config.train_embeddings:
-        for embedding in (student.get_input_embeddings(), student.get_output_embeddings()):
-            embedding.weight.requires_grad_(False)
-    parameters = [p for p in student.parameters() if p.requires_grad]
+    module.train()
+    parameters = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(config.warmup_steps, config.steps, config.min_lr_ratio)
     )
     step, losses, resumed_from = 0, [], None
     if latest is not None:
-        restored = load_checkpoint(latest, student, optimizer, scheduler)
+        restored = load_checkpoint(latest, module, optimizer, scheduler)
         _check_resumable(restored["state"]["config"], config, checkpoint_dir)
         step, losses, resumed_from = restored["step"], restored["state"]["losses"], restored["step"]
-    device = next(student.parameters()).device
+    device = next(module.parameters()).device
     bar = tqdm(total=config.steps, initial=step, disable=not progress, file=sys.stderr, desc="distill", unit="step")
     while step < config.steps:
-        batch = windows.batch(step).to(device)  # [B, L]
-        with torch.no_grad():
-            target_logits = target(input_ids=batch, use_cache=False).logits  # [B, L, V]
-        student_logits = student(input_ids=batch, use_cache=False).logits  # [B, L, V]
-        loss = distillation_loss(student_logits, target_logits, config.temperature)
+        loss = loss_of(windows.batch(step).to(device))  # batch [B, L]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
         optimizer.step()
@@ -113,8 +132,8 @@ def train_student(
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         if step % config.checkpoint_every == 0 or step == config.steps:
-            save_checkpoint(checkpoint_dir, step, student, optimizer, scheduler,
+            save_checkpoint(checkpoint_dir, step, module, optimizer, scheduler,
                             {"losses": losses, "config": config.to_dict()})
     bar.close()
-    student.eval()
+    module.eval()
     return TrainResult(step, losses, resumed_from, time.perf_counter() - start)

@@ -64,3 +64,18 @@ def test_cli_distill_names_a_bad_option():
     result = run_sage("infer", "distill", "--layer-selection", "last")
     assert result.returncode == 2
     assert "distill options: layer_selection: got 'last'" in " ".join(result.stderr.split())
+
+
+def test_cli_distill_trains_medusa_heads_on_generated_text(tmp_path):
+    out = tmp_path / "heads"
+    result = run_sage("infer", "distill", "--medusa-heads", "2", "--steps", "2", "--seq-len", "16", "--batch", "1",
+                      "--eval-tokens", "32", "--text-source", "generated", "--generate-prompts", "8",
+                      "--generate-tokens", "16", "--out", str(out), "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["num_heads"] == 2 and report["steps"] == 2 and len(report["heldout_top1_agreement_after"]) == 2
+    assert report["config"]["text_source"] == "generated"
+    from accel.speculative.medusa import load_heads
+
+    heads, stored = load_heads(out)
+    assert heads.num_heads == 2 and stored["report"]["out"] == str(out)
