@@ -183,3 +183,21 @@ def test_cuda_graph_medusa_equals_plain_greedy():
         assert metrics.num_drafts > 0
         if graphs:
             assert sorted(generator._graphs) == [(1, 1), (1, 4)]
+
+
+def test_generator_drafts_are_the_heads_on_the_targets_hidden_states():
+    """After prefill and after a width-3 step, the Generator's head tokens are the heads applied to transformers'
+    final hidden states at those positions (the rows MedusaDraft picks from)."""
+    hf = tiny_hf(0)
+    heads = random_heads(hf.config.hidden_size, 3, seed=5)
+    sequence = [*PROMPT, 7, 9, 11]
+    with torch.no_grad():
+        hidden = hf.get_decoder()(input_ids=torch.tensor([sequence])).last_hidden_state[0]
+    expected = heads.draft(hidden, hf.get_output_embeddings())  # [L, K]
+    generator = Generator(from_hf(hf), max_seq=64, step_widths=(3,), draft_heads=heads)
+    generator.prefill([PROMPT])
+    start, drafted = generator.last_head_tokens
+    assert start == len(PROMPT) - 1 and torch.equal(drafted[0, 0], expected[len(PROMPT) - 1])
+    generator.step_buffers(torch.tensor([sequence[len(PROMPT) : len(PROMPT) + 3]]))
+    start, drafted = generator.last_head_tokens
+    assert start == len(PROMPT) and torch.equal(drafted[0], expected[len(PROMPT) : len(PROMPT) + 3])
