@@ -296,11 +296,19 @@ def default_out(model: str | None, suffix: str) -> Path:
 @infer.command("run-speculative")
 def run_speculative_command(
     model: str | None = typer.Option(None, "--model", help="Target model id or directory (default: bundled)."),
-    draft: str = typer.Option("ngram", "--draft", help="Draft strategy: ngram, draft_model, layer_skip, self_quant."),
+    draft: str = typer.Option(
+        "ngram", "--draft", help="Draft strategy: ngram, draft_model, layer_skip, self_quant (medusa with --runtime)."
+    ),
     prompt: str = typer.Option("Write a short note about why the sky is blue.", "--prompt", help="User prompt."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
     k: int = typer.Option(4, "--k", min=1, max=64, help="Draft tokens per step (grows and shrinks when dynamic)."),
-    draft_model: str | None = typer.Option(None, "--draft-model", help="Draft model for --draft draft_model."),
+    draft_model: str | None = typer.Option(
+        None, "--draft-model", help="Draft model for --draft draft_model, or the heads' directory for medusa."
+    ),
+    runtime: bool = typer.Option(
+        False, "--runtime", help="Decode on the accel runtime (CUDA graphs on a GPU) instead of transformers."
+    ),
+    device: str = typer.Option("cpu", "--device", help="With --runtime: cpu or cuda."),
     draft_quantization: str = typer.Option("w8a16", "--draft-quantization", help="Preset for --draft self_quant."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
     seed: int = typer.Option(0, "--seed"),
@@ -320,8 +328,10 @@ def run_speculative_command(
     from accel.runtime.loaders import load_model
     from accel.schema import SpeculativeConfig
     from accel.speculative.verifier import SamplingParams
-    from accel.tools.speculative import MetricsExport, chat_input_ids, run_speculative
+    from accel.tools.speculative import MetricsExport, chat_input_ids, run_speculative, run_speculative_runtime
 
+    if draft == "medusa" and not runtime:
+        raise fail("--draft medusa drafts from the accel runtime's own steps: add --runtime (and --draft-model HEADS)")
     config = SpeculativeConfig(strategy=draft, num_speculative_tokens=k, max_speculative_tokens=max(k, 8),
                                draft_model=draft_model, draft_quantization=draft_quantization)
     export = None if metrics_port is None else MetricsExport(metrics_port, f"speculative-{draft}", price)
@@ -331,12 +341,16 @@ def run_speculative_command(
     try:
         target, tokenizer = load_model(model)
         ids = chat_input_ids(tokenizer, prompt)
-        tokens, metrics = run_speculative(get_registry(), config, target, tokenizer, ids, max_new_tokens,
-                                          SamplingParams(temperature=temperature, seed=seed))
+        params = SamplingParams(temperature=temperature, seed=seed)
+        if runtime:
+            tokens, metrics = run_speculative_runtime(config, target, tokenizer, ids, max_new_tokens, params, device)
+        else:
+            tokens, metrics = run_speculative(get_registry(), config, target, tokenizer, ids, max_new_tokens, params)
         if export is not None:
             export.observe(metrics)
         text = tokenizer.decode(tokens[0], skip_special_tokens=True)
-        data = {"model": model or "bundled", "draft": draft, "text": text, "metrics": metrics.to_dict(),
+        data = {"model": model or "bundled", "draft": draft, "runtime": runtime, "text": text,
+                "metrics": metrics.to_dict(),
                 **({"metrics_url": export.url} if export is not None else {})}
         if as_json:
             emit_json(data)

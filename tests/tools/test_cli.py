@@ -117,3 +117,26 @@ def test_run_speculative_prints_text_and_metrics():
     metrics = data["metrics"]
     assert 0 < metrics["num_generated_tokens"] <= 16
     assert 0.0 <= metrics["acceptance_rate"] <= 1.0 and metrics["mean_accepted_length"] >= 1.0
+
+
+@pytest.mark.slow
+def test_run_speculative_on_the_runtime_matches_transformers_and_runs_medusa(tmp_path):
+    """--runtime decodes on the accel runtime: the same greedy text as the transformers path, for n-gram lookup and
+    for Medusa heads (random ones here: the output is the target's whatever they draft)."""
+    import torch
+
+    from accel.speculative.medusa import MedusaHeads, save_heads
+
+    args = ("infer", "run-speculative", "--max-new-tokens", "16", "--json")
+    plain = json.loads(run_sage(*args, "--draft", "ngram").stdout)
+    heads = MedusaHeads(576, 2)
+    with torch.no_grad():
+        heads.weight.normal_(0, 0.02, generator=torch.Generator().manual_seed(0))
+    save_heads(heads, tmp_path / "heads", {})
+    for extra in (("--draft", "ngram"), ("--draft", "medusa", "--draft-model", str(tmp_path / "heads"))):
+        result = run_sage(*args, "--runtime", *extra)
+        assert result.returncode == 0, result.stderr[-2000:]
+        data = json.loads(result.stdout)
+        assert data["runtime"] is True and data["text"] == plain["text"], extra
+    refused = run_sage(*args, "--draft", "medusa")
+    assert refused.returncode == 2 and "add --runtime" in " ".join(refused.stderr.split())
