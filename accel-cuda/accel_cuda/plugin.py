@@ -1,8 +1,8 @@
 """accel-cuda's hooks: registers the CUDA backend and answers kernel selection only for ops it has.
 
-The kernel table holds the Triton kernels (when Triton is installed): W4A16 linear, int8 and fp8 W8A8 linear, and
-flash-decoding attention over the static KV cache; every other op on a CUDA device falls through to core's portable
-reference. Importing this module does not import Triton.
+The kernel table holds the Triton kernels (when Triton is installed): W4A16 and W8A16 (dequant_linear) linear, int8
+and fp8 W8A8 linear, and flash-decoding attention over the static KV cache; every other op on a CUDA device falls
+through to core's portable reference. Importing this module does not import Triton.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ def kernels() -> dict[str, Callable[..., Any]]:
     the reference kernels. Imported here, lazily, so that loading the plugin stays free of Triton."""
     from accel_cuda.kernels import (
         cached_attention,
+        dequant_linear,
         fp8_linear,
         triton_available,
         w4a16_linear,
@@ -32,6 +33,7 @@ def kernels() -> dict[str, Callable[..., Any]]:
     if not triton_available():
         return {}
     return {
+        "dequant_linear": dequant_linear,
         "w4a16_linear": w4a16_linear,
         "w4a16_sparse24_linear": w4a16_sparse24_linear,
         "w8a8_int8_linear": w8a8_int8_linear,
@@ -47,8 +49,8 @@ def accel_register_kernel_backends() -> list[KernelBackendSpec]:
         KernelBackendSpec(
             name=BACKEND,
             description=(
-                "NVIDIA GPUs through PyTorch CUDA: Triton W4A16 (dense and 2:4-sparse) and W8A8 (int8, fp8) linear "
-                "and flash-decoding over the quantized KV cache; portable reference kernels otherwise"
+                "NVIDIA GPUs through PyTorch CUDA: Triton W4A16 (dense and 2:4-sparse), W8A16 and W8A8 (int8, fp8) "
+                "linear and flash-decoding over the quantized KV cache; portable reference kernels otherwise"
             ),
             device_type=CudaPlatform.device_type,
             is_available=CudaPlatform.is_available,

@@ -23,7 +23,9 @@ SCRIPT = textwrap.dedent(
     import torch
     from accel.runtime.kv_ops import KV_FORMATS, cached_attention, kv_quantize
     from accel.runtime.ops import w8a8_int8_linear
-    from accel_cuda.kernels import attention, w8a8
+    from accel_cuda.kernels import attention, w8a8, wxa16_tma_dot
+    from accel_cuda.kernels.nibbles import permute_nibbles
+    from accel.runtime.packing import pack_int32
 
     attention.POISON = w8a8.POISON = True
     gen = torch.Generator().manual_seed(0)
@@ -49,6 +51,25 @@ SCRIPT = textwrap.dedent(
         got = w8a8.w8a8_int8_linear(x, weight, scale, bias, config=config).double()
         expected = w8a8_int8_linear(x, weight, scale, bias).double()
         worst[("int8-linear", str(split))] = float((got - expected).norm() / expected.norm())
+    # TMA tensor-core W4A16 / W8A16 (descriptors run as strided copies here): group 128 sym / asym, per channel.
+    for bits, n, k, m, zp, groups, cfg in [
+        (4, 128, 1024, 5, False, 8, wxa16_tma_dot.TmaDotConfig(64, 16, 1, 2, 2, 4)),
+        (4, 128, 2048, 17, True, 16, wxa16_tma_dot.TmaDotConfig(64, 32, 2, 2, 2, 4)),
+        (8, 128, 2048, 20, True, 16, wxa16_tma_dot.TmaDotConfig(128, 16, 2, 4, 2, 4)),
+        (8, 64, 1024, 7, True, 1, wxa16_tma_dot.TmaDotConfig(64, 16, 1, 2, 2, 4)),
+    ]:
+        lo, hi = (-8, 8) if bits == 4 else (-128, 128)
+        q = torch.randint(lo, hi, (n, k), generator=gen, dtype=torch.int8)
+        s = (torch.rand(n, groups, generator=gen) * 0.02 + 0.001).half()
+        z = torch.randint(-3, 3, (n, groups), generator=gen, dtype=torch.int8) if zp else None
+        x = torch.randn(m, k, generator=gen).half()
+        cols = torch.arange(k) * groups // k
+        w = (q.double() - (z.double()[:, cols] if zp else 0.0)) * s.double()[:, cols]
+        words = permute_nibbles(pack_int32(q, 4)) if bits == 4 else q
+        out = torch.full((m, n), float("nan"), dtype=torch.half)
+        got = wxa16_tma_dot.wxa16_tma_dot(x, words, s, z, bits=bits, config=cfg, out=out).double()
+        expected = x.double() @ w.T
+        worst[(f"tma-dot-w{bits}-g{groups}", str(torch.float16))] = float((got - expected).norm() / expected.norm())
     for key, error in sorted(worst.items()):
         print(*key, f"{error:.3e}")
     """
@@ -60,7 +81,7 @@ def test_kernels_under_the_interpreter():
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     errors = {" ".join(line.split()[:-1]): float(line.split()[-1]) for line in done.stdout.splitlines()}
-    assert len(errors) == 10, done.stdout
+    assert len(errors) == 14, done.stdout
     for key, error in errors.items():
         # fp32 runs IEEE fp32 arithmetic; fp16 rounds the output and p (2^-11 relative each).
         bound = 2e-3 if "float16" in key else 1e-5

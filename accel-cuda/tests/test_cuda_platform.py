@@ -83,9 +83,10 @@ def test_probe_entry_point_runs():
     assert probes["cuda"].error is None
 
 
-def test_dequant_linear_falls_back_to_reference():
+def test_dequant_linear_is_the_cuda_kernel_where_triton_is_installed():
     capability = CapabilityDescriptor(device_name="NVIDIA H100", device_type="cuda")
-    assert load_registry().select_kernel("dequant_linear", capability).backend == "reference"
+    expected = "cuda" if triton_available() else "reference"
+    assert load_registry().select_kernel("dequant_linear", capability).backend == expected
 
 
 def test_plugin_import_does_not_import_triton():
@@ -98,7 +99,8 @@ def test_plugin_import_does_not_import_triton():
     assert after == before, "loading the plugin or its kernel table imported triton"
 
 
-KERNEL_OPS = {"w4a16_linear", "w4a16_sparse24_linear", "w8a8_int8_linear", "fp8_linear", "cached_attention"}
+KERNEL_OPS = {"dequant_linear", "w4a16_linear", "w4a16_sparse24_linear", "w8a8_int8_linear", "fp8_linear",
+              "cached_attention"}
 
 
 def test_kernel_table_has_the_triton_kernels_where_triton_is_installed():

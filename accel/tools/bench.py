@@ -80,6 +80,7 @@ CONFIGS: dict[str, BenchConfig] = {
         BenchConfig(BASELINE, "none", "none", "16-bit weights and KV cache on the runtime (the baseline)"),
         BenchConfig(HF_EAGER, "none", "none", "transformers eager generate of the same model (dynamic cache)"),
         BenchConfig("w4a16", "w4a16", "none", "int4 weights (group 128, symmetric), 16-bit activations"),
+        BenchConfig("w8a16", "w8a16", "none", "int8 weights per channel, 16-bit activations"),
         BenchConfig("w8a8-int8", "w8a8-int8", "none", "int8 weights per channel, int8 activations per token"),
         BenchConfig("fp8", "w8a8-fp8", "none", "fp8 e4m3 weights per channel, fp8 activations per token"),
         BenchConfig("w4a16+kv8", "w4a16", "int8", "w4a16 weights, int8 KV cache"),
@@ -96,6 +97,7 @@ WARMUP_TOKENS = 8
 # RTN recipes that give the bundled model random_model's formats (QuantizationProfile fields).
 BUNDLED_PROFILES: dict[str, dict[str, Any]] = {
     "w4a16": {"weight_bits": 4, "group_size": 128, "method": "rtn"},
+    "w8a16": {"weight_bits": 8, "group_size": -1, "method": "rtn"},
     "w8a8-int8": {"weight_bits": 8, "activation_bits": 8, "group_size": -1, "method": "rtn"},
     "w8a8-fp8": {
         "weight_bits": 8, "weight_type": "float", "activation_bits": 8, "activation_type": "float",

@@ -10,6 +10,7 @@ import torch
 
 __all__ = [
     "cached_attention",
+    "dequant_linear",
     "fp8_linear",
     "triton_available",
     "w4a16_linear",
@@ -23,6 +24,22 @@ __all__ = [
 def triton_available() -> bool:
     """True when Triton is installed (found without importing it)."""
     return importlib.util.find_spec("triton") is not None
+
+
+def dequant_linear(
+    x: torch.Tensor,
+    q: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor | None,
+    group_size: int,
+    bias: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Weight-only int linear on unpacked int8 codes (accel_cuda.kernels.w8a16.dequant_linear), imported on first
+    call."""
+    from accel_cuda.kernels.w8a16 import dequant_linear as impl
+
+    return impl(x, q, scale, zero_point, group_size, bias, **kwargs)
 
 
 def w4a16_linear(

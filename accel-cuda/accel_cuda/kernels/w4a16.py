@@ -14,8 +14,9 @@ the group size), so scales and zero points load once per row per sub-tile. Paths
 - dequant: dequantize the whole weight into x's dtype, then cuBLAS.
 
 Split-K partials go to an fp32 workspace that a second small kernel sums and casts. `plan` picks the launch
-per M from the table tuned per card and shape (w4a16_configs.json) or a heuristic. Speed so far: about bf16's
-at M <= 16 on an H200, slower above (accel-cuda/KERNEL_NOTES.md).
+per M from the table tuned per card and shape (w4a16_configs.json) or a heuristic. On Hopper, with the words
+permuted at load (`prepare`), M = 1, 2 run the TMA decode GEMV (w4a16_gemv_tma.py) and M = 3..128 the TMA-pipelined
+tensor-core kernel (wxa16_tma_dot.py); the kernels here serve other cards and shapes (accel-cuda/KERNEL_NOTES.md).
 """
 
 from __future__ import annotations
@@ -514,6 +515,14 @@ def w4a16_linear(
             tcfg = gemv_tma.tma_plan(m, n, k, _device_info(x.device)[1], torch.cuda.get_device_capability(x.device))
             if tcfg is not None:
                 return gemv_tma.w4a16_tma_gemv(x, weight_packed, weight_scale, None, config=tcfg, out=result)
+        if config is None and x.is_cuda and _tma_ready(weight_packed, weight_scale, zp):
+            from accel_cuda.kernels import wxa16_tma_dot as tma_dot
+
+            sms, name = _device_info(x.device)
+            dcfg = tma_dot.tma_dot_plan(m, n, k, 4, name, torch.cuda.get_device_capability(x.device), sms)
+            if dcfg is not None and tma_dot.supports_tma_dot(n, k, groups, dcfg, 4, has_zp):
+                return tma_dot.wxa16_tma_dot(x, weight_packed, weight_scale, zp if has_zp else None, bits=4,
+                                             config=dcfg, out=result)
         gcfg = gemv.gemv_plan(m, n, k, *_device_info(x.device))
         if gcfg is not None:
             return gemv.w4a16_gemv(x, weight_packed, weight_scale, weight_zero_point, config=gcfg, out=result,
