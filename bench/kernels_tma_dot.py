@@ -9,7 +9,7 @@ swept per shape, M and bit width; the best correct one (relative error < 1e-2 ag
 is timed side by side with the others in one run on one card (CUDA-graph replays over 4 weight copies, past L2).
 The kernels are compiled first by a pool of processes (Triton's on-disk cache), so the sweep times, not compiles.
 Writes bench/results/kernels_tma_dot.json / .md; `--write-table` merges the best configs into
-accel_cuda/kernels/wxa16_tma_dot_configs.json (W4 from M=3: M = 1, 2 belong to the decode GEMV); `--table-from
+accel_cuda/kernels/wxa16_tma_dot_configs.json (W4 at M = 1, 2 only where it beat the decode GEMV); `--table-from
 RESULTS.json` does the same from a stored run.
 
     python bench/kernels_tma_dot.py [--ms 1,2,3,4,8,16,32,64,128] [--write-table] [--workers 14]
@@ -118,8 +118,8 @@ def main() -> None:
     parser.add_argument("--table-from", default="", help="write the tuned table from a stored results JSON (no GPU)")
     args = parser.parse_args()
     if args.table_from:
-        meta = json.loads(Path(args.table_from).read_text())["meta"]
-        write_table(meta["device"], meta["sweep"])
+        data = json.loads(Path(args.table_from).read_text())
+        write_table(data["meta"]["device"], data["meta"]["sweep"], data["rows"])
         return
     from accel_cuda.kernels import w4a16
     from accel_cuda.kernels.w4a16_gemv import permute_nibbles
@@ -174,9 +174,9 @@ def main() -> None:
             act = m * k * 2 + m * n * 2
             rows.append({
                 "shape": f"{n}x{k} {name}", "M": m, "bf16_us": bf16_us, "torch_int4_us": int4_us,
-                "w4_prev_us": prev_us, "w4_tma_dot_us": b4["us"], "w4_x_bf16": bf16_us / b4["us"],
+                "w4_prev_us": prev_us, "w4_tma_dot_us": b4["us"], "x_bf16": bf16_us / b4["us"],
                 "w4_floor_us": (n * k / 2 + n * (k // GROUP) * 2 + act) / (bw * 1e6),
-                "w8_dequant_cublas_us": w8_ref_us, "w8_tma_dot_us": b8["us"], "w8_x_bf16": bf16_us / b8["us"],
+                "w8_dequant_cublas_us": w8_ref_us, "w8_tma_dot_us": b8["us"], "x_bf16_w8": bf16_us / b8["us"],
                 "w8_floor_us": (n * k + n * 2 + act) / (bw * 1e6),
                 "w4_err": b4["err"], "w8_err": b8["err"],
                 "w4_plan": _short(b4["cfg"]), "w8_plan": _short(b8["cfg"]), "w4_prev_plan": old.kernel,
@@ -184,8 +184,8 @@ def main() -> None:
             print(f"{name:8s} M={m:3d} bf16 {bf16_us:5.1f} int4mm {int4_us:6.1f} prev {prev_us:5.1f} "
                   f"w4 {b4['us']:5.1f} ({bf16_us / b4['us']:.2f}x) {_short(b4['cfg'])} | w8 ref {w8_ref_us:5.1f} "
                   f"tma {b8['us']:5.1f} ({bf16_us / b8['us']:.2f}x) {_short(b8['cfg'])}", flush=True)
-    columns = ["shape", "M", "bf16_us", "torch_int4_us", "w4_prev_us", "w4_tma_dot_us", "w4_x_bf16", "w4_floor_us",
-               "w8_dequant_cublas_us", "w8_tma_dot_us", "w8_x_bf16", "w8_floor_us", "w4_err", "w8_err", "w4_plan",
+    columns = ["shape", "M", "bf16_us", "torch_int4_us", "w4_prev_us", "w4_tma_dot_us", "x_bf16", "w4_floor_us",
+               "w8_dequant_cublas_us", "w8_tma_dot_us", "x_bf16_w8", "w8_floor_us", "w4_err", "w8_err", "w4_plan",
                "w8_plan", "w4_prev_plan"]
     meta = {**environment(), "triton": triton.__version__, "sm_count": sms, "copy_bandwidth_tbps": round(bw, 3),
             "group_size": GROUP, "seconds": round(time.perf_counter() - started, 1), "sweep": sweeps}
@@ -193,11 +193,11 @@ def main() -> None:
     write_results(name, f"TMA tensor-core W4A16 / W8A16 on {props.name}: microseconds per call", columns, rows, meta,
                   "Best correct config per M from the sweep (plan: bn x bm, groups per step, split-K, stages, warps). "
                   "w4_prev: the W4A16 op's kernels for this M before this kernel (register GEMV / tl.dot, tuned "
-                  "plan); w8_dequant_cublas: W8A16's reference path (dequantize to bf16, then cuBLAS). x_bf16 = bf16 "
+                  "plan); w8_dequant_cublas: W8A16's reference path (dequantize to bf16, then cuBLAS). x_bf16 (W4) / x_bf16_w8 = bf16 "
                   "us / ours. Floors: each format's bytes (codes, bf16 scales, x, y) at the measured copy "
                   "bandwidth. Random symmetric weights: int4 with group-128 scales, int8 with per-channel scales.")
     if args.write_table:
-        write_table(props.name, sweeps)
+        write_table(props.name, sweeps, rows)
 
 
 def _short(cfg: dict) -> str:
@@ -205,16 +205,19 @@ def _short(cfg: dict) -> str:
             f"w{cfg['num_warps']}")
 
 
-def write_table(device_name: str, sweeps: list[dict]) -> None:
-    """Merge each sweep's best correct launch into the kernel's tuned table for this card (W4 from M=3)."""
+def write_table(device_name: str, sweeps: list[dict], rows: list[dict]) -> None:
+    """Merge each sweep's best correct launch into the kernel's tuned table for this card. W4 below MIN_M only where
+    it beat the op's decode GEMV (w4_prev_us of the same row)."""
     from accel_cuda.kernels import wxa16_tma_dot as td
 
+    prev = {(row["shape"], row["M"]): row["w4_prev_us"] for row in rows}
     table = json.loads(td.TUNED_CONFIGS.read_text()) if td.TUNED_CONFIGS.exists() else {}
     card = table.setdefault(device_name, {})
     for sw in sweeps:
         for bits in (4, 8):
             ok = [t for t in sw[f"w{bits}"] if t["err"] < 1e-2]
-            if ok and (bits == 8 or sw["m"] >= td.MIN_M):
+            beats_gemv = ok and ok[0]["us"] < prev.get((f"{sw['n']}x{sw['k']} {sw['shape']}", sw["m"]), 0.0)
+            if ok and (bits == 8 or sw["m"] >= td.MIN_M or beats_gemv):
                 card.setdefault(f"w{bits}:{sw['n']}x{sw['k']}", {})[str(sw["m"])] = ok[0]["cfg"]
     Path(td.TUNED_CONFIGS).write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
     print(f"wrote tuned configs to {td.TUNED_CONFIGS}")

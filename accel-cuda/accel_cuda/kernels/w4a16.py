@@ -509,12 +509,8 @@ def w4a16_linear(
     if m == 0:
         return result
     if permuted and x.dtype in (torch.float16, torch.bfloat16) and gemv.supports(k, groups, group_size):
-        if not has_zp and x.is_cuda and _tma_ready(weight_packed, weight_scale):
-            from accel_cuda.kernels import w4a16_gemv_tma as gemv_tma
-
-            tcfg = gemv_tma.tma_plan(m, n, k, _device_info(x.device)[1], torch.cuda.get_device_capability(x.device))
-            if tcfg is not None:
-                return gemv_tma.w4a16_tma_gemv(x, weight_packed, weight_scale, None, config=tcfg, out=result)
+        # Hopper: the tensor-core kernel where it is planned (M = 3..128, and M = 2 where a sweep measured it faster
+        # than the GEMV), then the TMA GEMV (symmetric), then the register GEMV.
         if config is None and x.is_cuda and _tma_ready(weight_packed, weight_scale, zp):
             from accel_cuda.kernels import wxa16_tma_dot as tma_dot
 
@@ -523,6 +519,12 @@ def w4a16_linear(
             if dcfg is not None and tma_dot.supports_tma_dot(n, k, groups, dcfg, 4, has_zp):
                 return tma_dot.wxa16_tma_dot(x, weight_packed, weight_scale, zp if has_zp else None, bits=4,
                                              config=dcfg, out=result)
+        if not has_zp and x.is_cuda and _tma_ready(weight_packed, weight_scale):
+            from accel_cuda.kernels import w4a16_gemv_tma as gemv_tma
+
+            tcfg = gemv_tma.tma_plan(m, n, k, _device_info(x.device)[1], torch.cuda.get_device_capability(x.device))
+            if tcfg is not None:
+                return gemv_tma.w4a16_tma_gemv(x, weight_packed, weight_scale, None, config=tcfg, out=result)
         gcfg = gemv.gemv_plan(m, n, k, *_device_info(x.device))
         if gcfg is not None:
             return gemv.w4a16_gemv(x, weight_packed, weight_scale, weight_zero_point, config=gcfg, out=result,

@@ -187,7 +187,8 @@ class TmaDotConfig:
 
 TUNED_CONFIGS = Path(__file__).with_name("wxa16_tma_dot_configs.json")
 _tuned = functools.partial(tuned_table, TUNED_CONFIGS)
-# The tensor-core kernel's range; M = 1, 2 stay on the decode GEMVs, larger M on dequantize-then-cuBLAS.
+# The tensor-core kernel's range for untuned shapes; M = 1, 2 stay on the decode GEMVs unless a sweep measured
+# otherwise, larger M on dequantize-then-cuBLAS.
 MIN_M, MAX_M = 3, 128
 
 
@@ -211,10 +212,13 @@ def tma_dot_plan(m: int, n: int, k: int, bits: int, device_name: str, capability
                  sms: int) -> TmaDotConfig | None:
     """The launch measured best for this card / shape / M / bit width (bench/kernels_tma_dot.py --write-table),
     else a heuristic (activation tile the next power of two >= M, split-K to about two programs per SM); None off
-    Hopper or outside MIN_M..MAX_M (bits 4) / 1..MAX_M (bits 8, which has no decode GEMV)."""
-    if capability[0] != 9 or m > MAX_M or (bits == 4 and m < MIN_M):
+    Hopper, above MAX_M, and for 4 bits below MIN_M unless the table has that very M (the sweep writes M = 1, 2
+    only where this kernel beat the decode GEMV)."""
+    if capability[0] != 9 or m > MAX_M:
         return None
     table = _tuned().get(device_name, {}).get(f"w{bits}:{n}x{k}", {})
+    if bits == 4 and m < MIN_M:
+        return TmaDotConfig(**table[str(m)]) if str(m) in table else None  # type: ignore[arg-type]
     fits = sorted(int(key) for key in table if int(key) >= m)
     if fits:
         return TmaDotConfig(**table[str(fits[0])])  # type: ignore[arg-type]
