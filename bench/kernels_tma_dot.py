@@ -194,8 +194,8 @@ def main() -> None:
                   "Best correct config per M from the sweep (plan: bn x bm, groups per step, split-K, stages, warps). "
                   "w4_prev: the W4A16 op's kernels for this M before this kernel (register GEMV / tl.dot, tuned "
                   "plan); w8_dequant_cublas: W8A16's reference path (dequantize to bf16, then cuBLAS). x_bf16 (W4) / "
-                  "x_bf16_w8 = bf16 us / ours. Floors: each format's bytes (codes, bf16 scales, x, y) at the measured copy "
-                  "bandwidth. Random symmetric weights: int4 with group-128 scales, int8 with per-channel scales.")
+                  "x_bf16_w8 = bf16 us / ours. Floors: each format's bytes (codes, bf16 scales, x, y) at the measured "
+                  "copy bandwidth. Random symmetric weights: int4 with group-128 scales, int8 with per-channel scales.")
     if args.write_table:
         write_table(props.name, sweeps, rows)
 
