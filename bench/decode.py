@@ -1,6 +1,6 @@
 """End-to-end decode benchmark: `sage infer bench` as a script, writing bench/results/decode.json / .md by default.
 
-TTFT, TPOT, tokens/s at batch 1/16/64 and peak memory in prefill and decode for bf16, w4a16, w8a8-int8, fp8,
+TTFT, TPOT, tokens/s at batch 1/16/64 and peak memory in prefill and decode for bf16, w4a16, w8a16, w8a8-int8, fp8,
 w4a16+kv8, kv4 and fp8+kv8 on Llama-3-8B shapes with random weights, beside Hugging Face eager generate; see
 accel/tools/bench.py for what is measured and how.
 
