@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
     import torch
     from accel.runtime.kv_ops import KV_FORMATS, cached_attention, kv_quantize
     from accel.runtime.ops import w8a8_int8_linear
-    from accel_cuda.kernels import attention, w8a8, wxa16_tma_dot
+    from accel_cuda.kernels import attention, w8a8, w8a16, wxa16_tma_dot
     from accel_cuda.kernels.nibbles import permute_nibbles
     from accel.runtime.packing import pack_int32
 
@@ -70,6 +70,15 @@ SCRIPT = textwrap.dedent(
         got = wxa16_tma_dot.wxa16_tma_dot(x, words, s, z, bits=bits, config=cfg, out=out).double()
         expected = x.double() @ w.T
         worst[(f"tma-dot-w{bits}-g{groups}", str(torch.float16))] = float((got - expected).norm() / expected.norm())
+    # W8A16 dequantize (the path above M = 128): a partial last group with zero points, and per channel.
+    for n, k, group, groups, zp in [(40, 200, 64, 4, True), (24, 96, -1, 1, False)]:
+        q = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
+        s = torch.rand(n, groups, generator=gen).half() * 0.02
+        z = torch.randint(-5, 5, (n, groups), generator=gen, dtype=torch.int8) if zp else None
+        cols = torch.arange(k) // group if group > 0 else torch.zeros(k, dtype=torch.long)
+        w = (q.double() - (z.double()[:, cols] if zp else 0.0)) * s.double()[:, cols]
+        got = w8a16.w8_dequantize(q, s, z, group, torch.float16).double()
+        worst[(f"w8-dequant-g{group}", str(torch.float16))] = float((got - w).norm() / w.norm())
     for key, error in sorted(worst.items()):
         print(*key, f"{error:.3e}")
     """
@@ -81,7 +90,7 @@ def test_kernels_under_the_interpreter():
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     errors = {" ".join(line.split()[:-1]): float(line.split()[-1]) for line in done.stdout.splitlines()}
-    assert len(errors) == 14, done.stdout
+    assert len(errors) == 16, done.stdout
     for key, error in errors.items():
         # fp32 runs IEEE fp32 arithmetic; fp16 rounds the output and p (2^-11 relative each).
         bound = 2e-3 if "float16" in key else 1e-5

@@ -139,8 +139,8 @@ def test_w4a16_op_takes_the_tensor_core_kernel_from_m3(tma_dot_calls, zero_point
 
 @pytest.mark.parametrize("per_channel", [False, True], ids=["group128", "channel"])
 def test_dequant_linear_takes_the_tensor_core_kernel(tma_dot_calls, per_channel):
-    """accel-cuda's dequant_linear (the registered kernel) runs the 8-bit kernel with a bias; group size 64 and
-    M above 128 take the reference."""
+    """accel-cuda's dequant_linear (the registered kernel) runs the 8-bit kernel with a bias; M above 128 takes the
+    dequantize-then-cuBLAS path."""
     from accel_cuda.platform import CudaPlatform
 
     from accel.plugins import load_registry
@@ -155,6 +155,29 @@ def test_dequant_linear_takes_the_tensor_core_kernel(tma_dot_calls, per_channel)
         assert got.shape == (1, m, n)
         assert relative_error(got.reshape(m, n), x.double() @ w.T + bias.double()) < BOUND[torch.bfloat16]
     assert len(tma_dot_calls) == 3
-    x, q, scale, zp, _ = make_case(8, 129, n, k, True, groups, torch.bfloat16)
-    impl(x, q, scale, zp, -1 if per_channel else 128)
+    x, q, scale, zp, w = make_case(8, 129, n, k, True, groups, torch.bfloat16)
+    got = impl(x, q, scale, zp, -1 if per_channel else 128)
     assert len(tma_dot_calls) == 3
+    assert relative_error(got, x.double() @ w.T) < BOUND[torch.bfloat16]
+
+
+@pytest.mark.parametrize(("m", "n", "k", "group", "zero_point"),
+                         [(129, 1024, 2048, 128, True), (300, 72, 200, 64, True), (5, 96, 200, -1, False),
+                          (3, 64, 256, 32, False)])
+def test_dequant_linear_dequantize_path_matches_float64(tma_dot_calls, m, n, k, group, zero_point):
+    """Above M=128 and for shapes the tensor-core kernel does not take (group 64 / 32, K=200 with a partial last
+    group), accel-cuda's dequant_linear dequantizes with its Triton kernel, then cuBLAS."""
+    from accel_cuda.kernels.w8a16 import dequant_linear
+
+    gen = torch.Generator(device="cuda").manual_seed(7000 + next(_seed))
+    groups = 1 if group <= 0 else -(-k // group)
+    q = torch.randint(-128, 128, (n, k), generator=gen, device="cuda", dtype=torch.int8)
+    scale = (torch.rand(n, groups, generator=gen, device="cuda") * 2e-3 + 2e-4).to(torch.bfloat16)
+    zp = torch.randint(-8, 8, (n, groups), generator=gen, device="cuda", dtype=torch.int8) if zero_point else None
+    cols = torch.arange(k, device="cuda") // group if group > 0 else torch.zeros(k, dtype=torch.long, device="cuda")
+    w = (q.double() - (zp.double()[:, cols] if zp is not None else 0.0)) * scale.double()[:, cols]
+    x = torch.randn(m, k, generator=gen, device="cuda").to(torch.bfloat16)
+    bias = torch.randn(n, generator=gen, device="cuda").to(torch.bfloat16)
+    got = dequant_linear(x, q, scale, zp, group, bias)
+    assert got.shape == (m, n) and got.dtype == torch.bfloat16 and not tma_dot_calls
+    assert relative_error(got, x.double() @ w.T + bias.double()) < BOUND[torch.bfloat16]
