@@ -45,7 +45,7 @@ def candidates(m: int, n: int, k: int, bits: int, sms: int) -> list:
     out = []
     for bm, bn, ng, stages in itertools.product(sorted({bm0, max(16, bm0 // 2) if bm0 >= 64 else bm0}), (64, 128),
                                                 (1, 2), (3, 4)):
-        for warps in ((4,) if bm <= 32 else (4, 8)):
+        for warps in (4, 8):
             steps = k // (ng * GROUP)
             tiles = (n // bn) * -(-m // bm)
             for per_sm in (1, 2, 4):
@@ -115,6 +115,8 @@ def main() -> None:
     parser.add_argument("--write-table", action="store_true")
     parser.add_argument("--workers", type=int, default=14)
     parser.add_argument("--decode-shapes", action="store_true", help="sweep q/k/v, o and gate+up instead")
+    parser.add_argument("--bits", default="4,8", help="which weight widths to sweep (the other's columns stay empty)")
+    parser.add_argument("--out-name", default="", help="results file stem (default kernels_tma_dot[_decode_shapes])")
     parser.add_argument("--table-from", default="", help="write the tuned table from a stored results JSON (no GPU)")
     args = parser.parse_args()
     if args.table_from:
@@ -131,7 +133,9 @@ def main() -> None:
     sms = props.multi_processor_count
     ms = [int(v) for v in args.ms.split(",")]
     shapes = DECODE_SHAPES if args.decode_shapes else SHAPES
-    plan = {(bits, n, k, m): candidates(m, n, k, bits, sms) for bits in (4, 8) for _, n, k in shapes for m in ms}
+    widths = [int(b) for b in args.bits.split(",")]
+    plan = {(bits, n, k, m): candidates(m, n, k, bits, sms) if bits in widths else []
+            for bits in (4, 8) for _, n, k in shapes for m in ms}
     precompile([(bits, c.__dict__) for (bits, *_), cs in plan.items() for c in cs], args.workers)
     started = time.perf_counter()
     bw = copy_bandwidth()
@@ -167,10 +171,11 @@ def main() -> None:
             sweeps.append({"shape": name, "n": n, "k": k, "m": m, "w4": w4, "w8": w8})
             w4_ok = [t for t in w4 if t["err"] < 1e-2]
             w8_ok = [t for t in w8 if t["err"] < 1e-2]
-            if not w4_ok or not w8_ok:
+            if (4 in widths and not w4_ok) or (8 in widths and not w8_ok):
                 print(f"{name} M={m}: no correct config (w4 {w4[:2]}, w8 {w8[:2]})", flush=True)
                 continue
-            b4, b8 = w4_ok[0], w8_ok[0]
+            unswept = {"cfg": {}, "us": float("nan"), "err": float("nan")}
+            b4, b8 = (w4_ok or [unswept])[0], (w8_ok or [unswept])[0]
             act = m * k * 2 + m * n * 2
             rows.append({
                 "shape": f"{n}x{k} {name}", "M": m, "bf16_us": bf16_us, "torch_int4_us": int4_us,
@@ -189,7 +194,7 @@ def main() -> None:
                "w8_plan", "w4_prev_plan"]
     meta = {**environment(), "triton": triton.__version__, "sm_count": sms, "copy_bandwidth_tbps": round(bw, 3),
             "group_size": GROUP, "seconds": round(time.perf_counter() - started, 1), "sweep": sweeps}
-    name = "kernels_tma_dot_decode_shapes" if args.decode_shapes else "kernels_tma_dot"
+    name = args.out_name or ("kernels_tma_dot_decode_shapes" if args.decode_shapes else "kernels_tma_dot")
     write_results(name, f"TMA tensor-core W4A16 / W8A16 on {props.name}: microseconds per call", columns, rows, meta,
                   "Best correct config per M from the sweep (plan: bn x bm, groups per step, split-K, stages, warps). "
                   "w4_prev: the W4A16 op's kernels for this M before this kernel (register GEMV / tl.dot, tuned "
@@ -201,6 +206,8 @@ def main() -> None:
 
 
 def _short(cfg: dict) -> str:
+    if not cfg:
+        return ""
     return (f"bn{cfg['block_n']} bm{cfg['block_m']} ng{cfg['ng']} split{cfg['split']} s{cfg['stages']} "
             f"w{cfg['num_warps']}")
 
