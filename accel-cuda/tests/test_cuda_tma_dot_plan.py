@@ -60,8 +60,9 @@ def test_heuristic_split_divides_the_k_steps():
 
 def test_cpu_dequant_linear_is_the_reference():
     """Off the GPU accel-cuda's dequant_linear is exactly core's reference."""
-    from accel.quantization.kernels.reference import dequant_linear as reference
     from accel_cuda.kernels.w8a16 import dequant_linear
+
+    from accel.quantization.kernels.reference import dequant_linear as reference
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 256, generator=gen).to(torch.bfloat16)
