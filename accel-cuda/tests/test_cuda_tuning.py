@@ -29,7 +29,10 @@ def test_every_shipped_table_names_cards_shapes_and_m():
         for card, shapes in tuned_table(path).items():
             assert card and shapes, path.name
             for shape, by_m in shapes.items():
-                n, rest = shape.split("x")
-                k, group = rest.split("g")
-                assert int(n) > 0 and int(k) > 0 and int(group) > 0, (path.name, shape)
+                # "NxKgG", or "wB:NxK" (wxa16_tma_dot: bit width, shape; group 128 or per channel alike)
+                bits, _, dims = shape.rpartition(":")
+                n, rest = dims.split("x")
+                k, _, group = rest.partition("g")
+                assert bits in ("", "w4", "w8") and (group or bits), (path.name, shape)
+                assert int(n) > 0 and int(k) > 0 and (not group or int(group) > 0), (path.name, shape)
                 assert all(m.isdigit() and isinstance(cfg, dict) and cfg for m, cfg in by_m.items()), (path.name, shape)
