@@ -1,4 +1,4 @@
-"""Weight-only int4 / int8 linear on the tensor cores with TMA-pipelined loads (Hopper, sm_90), for M = 3..128.
+"""Weight-only int4 / int8 linear on the tensor cores with TMA-pipelined loads (Hopper, sm_90), for M up to 128.
 
 Swap-AB: each program computes out^T tile [BLOCK_N weight rows, BLOCK_M activation rows] += W tile [BLOCK_N, BK] @
 x^T tile [BK, BLOCK_M], BK = 128 NG (NG quantization groups of 128 per K step), so M of 3 to 16 pads only x's side
@@ -8,8 +8,10 @@ STAGES - 1 steps ahead (the register kernels of w4a16.py wait on each step's loa
 KERNEL_NOTES.md):
 
 - 4-bit: the words permute_nibbles left in [N, K/8] (the decode GEMV's layout, so one copy serves every M), box
-  [BLOCK_N, 16 NG]; q - zp exact in fp32 by the 2^23 magic (w4a16._codes8), times the group scale, rounded once
-  to x's dtype, re-interleaved to K order (w4a16._interleave8).
+  [BLOCK_N, 16 NG]; each pair of codes becomes a half-precision pair (q - zp) * s by four PTX instructions
+  (_PAIR_ASM), in registers the dot reads as its A operand. `pairs=False` (and the interpreter) take the fp32 route
+  instead: q - zp by the 2^23 magic (w4a16._codes8), times the scale, rounded once, re-interleaved to K order
+  (w4a16._interleave8); about twice the instructions (KERNEL_NOTES.md).
 - 8-bit: int8 codes [N, K] (any bit width up to 8, unpacked, as the runtime's dequant_linear holds them), box
   [BLOCK_N, BK]; (q - zp) * s rounded once to x's dtype, as the reference dequantizes.
 - Group scales [N, K/128]: a TMA box row must be at least 16 bytes, so the box is [BLOCK_N, 8] (16 for int8 zero
