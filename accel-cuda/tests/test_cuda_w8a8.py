@@ -23,6 +23,10 @@ MS = [1, 5, 16, 33, 100]
 SHAPES = [(76, 200), (1000, 512), (4096, 1024)]
 
 _seed = iter(range(1_000_000))
+needs_hopper = pytest.mark.skipif(
+    not (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (9, 0)),
+    reason="the TMA kernel needs Hopper (TMA, 8-bit wgmma)",
+)
 
 
 def make_case(m, n, k, fp8, dtype, bias=True, per_tensor=False):
@@ -157,4 +161,74 @@ def test_registry_and_custom_op_run_the_kernel(name):
         x, q, scale = args[:3]
         expected = float64_reference(x, q, scale, args[-1], fp8, args[3] if fp8 else None)
         error = relative_error(getattr(torch.ops.accel, name)(*args), expected)
+        assert error < (FP8_BOUND if fp8 else BOUND)[torch.bfloat16], f"relative error {error:.2e}"
+
+
+# The Hopper TMA kernel (w8a8_tma.py): by hand on odd shapes, through the plan on Llama shapes, in a graph.
+@pytest.mark.parametrize("fp8", [False, True], ids=["int8", "fp8"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    ("m", "n", "k", "bm", "bn", "split", "bias"),
+    [
+        (1, 1024, 4096, 16, 128, 4, True),
+        (5, 384, 1280, 16, 128, 5, False),
+        (16, 4096, 1024, 16, 64, 1, True),
+        (17, 256, 2048, 32, 128, 2, True),
+        (33, 1024, 1024, 64, 128, 2, False),
+        (64, 512, 4096, 64, 64, 8, True),
+    ],
+)
+@pytest.mark.gpu
+@needs_hopper
+def test_tma_matches_float64(m, n, k, bm, bn, split, bias, dtype, fp8, monkeypatch):
+    from accel_cuda.kernels import w8a8
+    monkeypatch.setattr(w8a8, "POISON", True)
+    x, q, scale, b = make_case(m, n, k, fp8, dtype, bias=bias)
+    warps = 8 if bm == 64 else 4
+    config = w8a8.W8Config("tma", block_m=bm, block_n=bn, block_k=128, split=split, num_warps=warps, num_stages=4)
+    got = run(fp8, x, q, scale, None, b, config=config) if fp8 else run(fp8, x, q, scale, b, config=config)
+    assert got.shape == (m, n) and got.dtype == dtype
+    error = relative_error(got, float64_reference(x, q, scale, b, fp8))
+    assert error < (FP8_BOUND if fp8 else BOUND)[dtype], f"relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["int8", "fp8"])
+@pytest.mark.parametrize(("n", "k"), [(14336, 4096), (4096, 14336), (6144, 4096)])
+@pytest.mark.parametrize("m", [1, 3, 16, 64])
+@pytest.mark.gpu
+@needs_hopper
+def test_plan_takes_tma_on_hopper(m, n, k, fp8):
+    """Llama-3-8B shapes through the op's own plan (which picks this kernel up to M = 64 on Hopper)."""
+    from accel_cuda.kernels import w8a8
+    x, q, scale, _b = make_case(m, n, k, fp8, torch.bfloat16, bias=False)
+    assert w8a8._tma_config(m, n, k, fp8, x) is not None
+    error = relative_error(run(fp8, x, q, scale), float64_reference(x, q, scale, None, fp8))
+    assert error < (FP8_BOUND if fp8 else BOUND)[torch.bfloat16], f"relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["int8", "fp8"])
+@pytest.mark.gpu
+@needs_hopper
+def test_tma_graph_replay_with_split_k(fp8):
+    """Captured once, replayed on new inputs: the split-K counters reset themselves, outputs are rewritten."""
+    from accel_cuda.kernels import w8a8
+    config = w8a8.W8Config("tma", block_m=16, block_n=128, block_k=128, split=4, num_stages=6)
+    x, q, scale, b = make_case(7, 1024, 4096, fp8, torch.bfloat16, bias=True)
+    static_x = x.clone()
+
+    def call():
+        return run(fp8, static_x, q, scale, None, b, config=config) if fp8 else run(fp8, static_x, q, scale, b,
+                                                                                    config=config)
+
+    call()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = call()
+    for _i in range(3):
+        fresh, *_rest = make_case(7, 1024, 4096, fp8, torch.bfloat16, bias=True)
+        static_x.copy_(fresh)
+        out.fill_(float("nan"))
+        graph.replay()
+        error = relative_error(out, float64_reference(static_x, q, scale, b, fp8))
         assert error < (FP8_BOUND if fp8 else BOUND)[torch.bfloat16], f"relative error {error:.2e}"

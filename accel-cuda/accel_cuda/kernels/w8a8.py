@@ -17,9 +17,12 @@ Two steps per call:
      epilogue kernel applies s_x, s_w and the bias.
    - "scaled_mm": fp8 only, torch._scaled_mm with rowwise scales (s_x [M, 1], s_w [1, N]) and the bias fused in
      cuBLAS/CUTLASS; Hopper and newer with bf16 output.
+   - "tma": Hopper, M <= 64: the 8-bit wgmma kernel with TMA-pipelined loads (w8a8_tma.py), swap-AB, split-K
+     summed in one launch; the codes go to the tensor cores as stored.
 
-`plan` picks one per shape (KERNEL_NOTES.md has the measurements behind it): at decode sizes the Triton GEMM (the
-8-bit weights are half of bf16's bytes); above M = 64 the libraries.
+`plan` picks one per shape (KERNEL_NOTES.md has the measurements behind it): on Hopper at decode sizes the TMA
+kernel where the shape tiles (w8a8_tma.w8a8_tma_plan), elsewhere the Triton GEMM (the 8-bit weights are half of
+bf16's bytes); above M = 64 the libraries.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import triton.language as tl
 
 from accel.runtime.ops import fp8_linear as fp8_reference
 from accel.runtime.ops import w8a8_int8_linear as int8_reference
+from accel_cuda.kernels.w8a8_tma import W8TmaConfig, supports_w8a8_tma, w8a8_tma, w8a8_tma_plan
 
 __all__ = ["W8Config", "fp8_linear", "plan", "quantize_rows", "w8a8_int8_linear"]
 
@@ -42,6 +46,25 @@ POISON = False  # tests: fill outputs and workspaces with NaN first, so unwritte
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FP8_MAX = 448.0
+ONE_PASS_MAX_K = 16384  # rows up to this long are quantized from registers (16 warps: 32 fp32 values a thread)
+
+
+@triton.jit
+def _codes(x, scale, FP8: tl.constexpr):
+    """fp32 x -> int8 / e4m3 codes of x / scale (exact division, clamped; int8 rounds half to even first via the
+    1.5 * 2^23 trick, as its conversion truncates; fp8's conversion rounds to nearest even itself)."""
+    qmax = 448.0 if FP8 else 127.0
+    y = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -qmax), qmax)
+    return y.to(tl.float8e4nv) if FP8 else ((y + 12582912.0) - 12582912.0).to(tl.int8)
+
+
+@triton.jit
+def _row_scale(amax, RECIP: tl.constexpr, FP8: tl.constexpr):
+    """max(max|x|, 1e-12) / qmax; RECIP: times the fp32 reciprocal, as torch's CUDA division by a scalar, else
+    exact, as on the CPU."""
+    qmax = 448.0 if FP8 else 127.0
+    amax = tl.maximum(amax, 1e-12)
+    return amax * (1.0 / qmax) if RECIP else tl.math.div_rn(amax, qmax)
 
 
 @triton.jit
@@ -56,28 +79,34 @@ def _quantize_rows_kernel(
     STATIC: tl.constexpr,
     RECIP: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    ONE_PASS: tl.constexpr,
 ):
+    """One program per row. ONE_PASS (BLOCK_K >= K): the row is loaded once and stays in registers between its
+    absmax and its codes (one memory round trip; the looped form costs 2 K / BLOCK_K dependent ones: 7.8 us per
+    call at K = 14336 against 3.7 at 4096, KERNEL_NOTES.md)."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_K)
-    qmax = 448.0 if FP8 else 127.0
-    if STATIC:
-        scale = tl.load(static_ptr).to(tl.float32)
+    if ONE_PASS:
+        mask = offs < K
+        x = tl.load(x_ptr + row * stride_xm + offs, mask=mask, other=0.0).to(tl.float32)
+        amax = tl.max(tl.abs(x), axis=0)
+        scale = tl.load(static_ptr).to(tl.float32) if STATIC else _row_scale(amax, RECIP, FP8)
+        tl.store(s_ptr + row, scale)
+        tl.store(q_ptr + row * K + offs, _codes(x, scale, FP8), mask=mask)
     else:
-        amax = tl.zeros((BLOCK_K,), tl.float32)
+        if STATIC:
+            scale = tl.load(static_ptr).to(tl.float32)
+        else:
+            amax = tl.zeros((BLOCK_K,), tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                x = tl.load(x_ptr + row * stride_xm + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
+                amax = tl.maximum(amax, tl.abs(x))
+            scale = _row_scale(tl.max(amax, axis=0), RECIP, FP8)
+        tl.store(s_ptr + row, scale)
         for k0 in range(0, K, BLOCK_K):
-            x = tl.load(x_ptr + row * stride_xm + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
-            amax = tl.maximum(amax, tl.abs(x))
-        amax = tl.maximum(tl.max(amax, axis=0), 1e-12)
-        # RECIP: times the fp32 reciprocal, as torch's CUDA division by a scalar; else exact, as on the CPU.
-        scale = amax * (1.0 / qmax) if RECIP else tl.math.div_rn(amax, qmax)
-    tl.store(s_ptr + row, scale)
-    for k0 in range(0, K, BLOCK_K):
-        mask = k0 + offs < K
-        y = tl.math.div_rn(tl.load(x_ptr + row * stride_xm + k0 + offs, mask=mask, other=0.0).to(tl.float32), scale)
-        y = tl.minimum(tl.maximum(y, -qmax), qmax)
-        # int8: round half to even (module docstring) before the (truncating) conversion; fp8's conversion is RNE.
-        q = y.to(tl.float8e4nv) if FP8 else ((y + 12582912.0) - 12582912.0).to(tl.int8)
-        tl.store(q_ptr + row * K + k0 + offs, q, mask=mask)
+            mask = k0 + offs < K
+            x = tl.load(x_ptr + row * stride_xm + k0 + offs, mask=mask, other=0.0).to(tl.float32)
+            tl.store(q_ptr + row * K + k0 + offs, _codes(x, scale, FP8), mask=mask)
 
 
 @triton.jit(do_not_specialize=["M", "N"])
@@ -195,7 +224,8 @@ def _epilogue_kernel(
 
 @dataclass(frozen=True)
 class W8Config:
-    """One launch plan: "triton" (tile sizes, split-K, warps, stages), "cublas" or "scaled_mm" (module docstring)."""
+    """One launch plan: "triton" or "tma" (tile sizes, split-K, warps, stages; "tma" reads block_k as 128),
+    "cublas" or "scaled_mm" (module docstring)."""
 
     kernel: str = "triton"
     block_m: int = 16
@@ -258,6 +288,7 @@ def quantize_rows(
     codes = _empty((m, k), torch.float8_e4m3fn if fp8 else torch.int8, x2.device)
     scales = _empty((m,), torch.float32, x2.device)
     if m:
+        block_k = min(ONE_PASS_MAX_K, triton.next_power_of_2(k))
         static = static_scale if static_scale is not None else scales
         _quantize_rows_kernel[(m,)](
             x2,
@@ -269,10 +300,28 @@ def quantize_rows(
             FP8=fp8,
             STATIC=static_scale is not None,
             RECIP=x2.is_cuda,
-            BLOCK_K=min(2048, triton.next_power_of_2(k)),
-            num_warps=4,
+            BLOCK_K=block_k,
+            ONE_PASS=block_k >= k,
+            num_warps=4 if block_k <= 4096 else 8 if block_k <= 8192 else 16,
         )
     return codes, scales
+
+
+def _as_tma(cfg: W8Config) -> W8TmaConfig:
+    return W8TmaConfig(block_n=cfg.block_n, block_m=cfg.block_m, split=cfg.split, stages=cfg.num_stages,
+                       num_warps=cfg.num_warps)
+
+
+def _tma_config(m: int, n: int, k: int, fp8: bool, x: torch.Tensor) -> W8Config | None:
+    """The TMA kernel's launch on Hopper at decode sizes (w8a8_tma_plan), as a W8Config; None elsewhere."""
+    if not x.is_cuda:
+        return None
+    props = torch.cuda.get_device_properties(x.device)
+    tma = w8a8_tma_plan(m, n, k, fp8, props.name, (props.major, props.minor), props.multi_processor_count)
+    if tma is None:
+        return None
+    return W8Config("tma", block_m=tma.block_m, block_n=tma.block_n, block_k=128, split=tma.split,
+                    num_warps=tma.num_warps, num_stages=tma.stages)
 
 
 def _rowwise_ok(x: torch.Tensor) -> bool:
@@ -306,8 +355,10 @@ def _linear(
     if m == 0:
         return out.reshape(*lead, n)
     rowwise = _rowwise_ok(x)
-    cfg = config or plan(m, n, k, fp8, _sm_count(x.device), x.is_cuda, rowwise)
-    if cfg.kernel != "triton" and not _library_ok(cfg.kernel, m, n, k, fp8, x.is_cuda, rowwise):
+    cfg = config or _tma_config(m, n, k, fp8, x) or plan(m, n, k, fp8, _sm_count(x.device), x.is_cuda, rowwise)
+    if cfg.kernel == "tma" and not ((x.is_cuda or INTERPRET) and supports_w8a8_tma(n, k, _as_tma(cfg))):
+        raise ValueError(f"kernel 'tma' does not take N={n}, K={k} with {cfg} on {x.device}; use the triton kernel")
+    if cfg.kernel not in ("triton", "tma") and not _library_ok(cfg.kernel, m, n, k, fp8, x.is_cuda, rowwise):
         raise ValueError(
             f"kernel {cfg.kernel!r} does not take M={m}, N={n}, K={k} ({'fp8' if fp8 else 'int8'}, "
             f"{x.dtype}, {x.device}); use the triton kernel"
@@ -316,6 +367,9 @@ def _linear(
         codes, sx = quantize_rows(x2, fp8, static)  # [M, K], [M]
         has_bias = bias is not None
         bias_arg = bias if bias is not None else sx  # not read without a bias
+        if cfg.kernel == "tma":
+            w8a8_tma(codes, sx, weight if weight.is_contiguous() else weight.contiguous(), sw, bias, out, _as_tma(cfg))
+            return out.reshape(*lead, n)
         if cfg.kernel == "scaled_mm":
             scale_b = sw.to(torch.float32).expand(n).contiguous().reshape(1, n)
             bias_mm = None if bias is None else bias.to(torch.bfloat16)
