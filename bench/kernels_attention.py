@@ -90,6 +90,10 @@ def sweep_configs(plan_cfg, fmt: str, chunk_v2: int | None = None):
     }
     if chunk_v2 is not None:
         configs["chunk-v2"] = replace(plan_cfg, chunk=chunk_v2)
+    if fmt == "int8":  # scores on the int8 tensor cores (query as an int8 pair)
+        qk8 = replace(plan_cfg, qk_int8=True)
+        configs.update({"qk8": qk8, "qk8-nocap": replace(qk8, max_regs=None), "qk8-stages3": replace(qk8, num_stages=3),
+                        "qk8-chunk/2": replace(qk8, chunk=max(qk8.block_n, qk8.chunk // 2))})
     if fmt != "int4":
         fma = replace(plan_cfg, variant="fma", block_r=4, max_regs=None)
         configs["fma-bn64"] = replace(fma, block_n=64)
@@ -97,7 +101,7 @@ def sweep_configs(plan_cfg, fmt: str, chunk_v2: int | None = None):
     return configs
 
 
-def run_sweep(path: str, sms: int, l2_bytes: int) -> None:
+def run_sweep(path: str, sms: int, l2_bytes: int, formats: tuple[str, ...] = KV_FORMATS) -> None:
     import json
 
     from accel_cuda.kernels.attention import cached_attention as kernel
@@ -106,7 +110,7 @@ def run_sweep(path: str, sms: int, l2_bytes: int) -> None:
     results = []
     for batch in BATCHES:
         context = CONTEXTS[-1]
-        for fmt in KV_FORMATS:
+        for fmt in formats:
             cache = make_cache(fmt, batch, context, seed=1)
             sets = [cache] + [
                 [t.clone() if t is not None else None for t in cache]
@@ -133,6 +137,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", metavar="JSON", help="first time launch variants at 32k context")
     parser.add_argument("--no-table", action="store_true", help="skip the main table")
+    parser.add_argument("--formats", default=",".join(KV_FORMATS), help="cache formats the sweep times")
     args = parser.parse_args()
 
     from accel_cuda.kernels.attention import cached_attention as kernel
@@ -142,7 +147,7 @@ def main() -> None:
     props = torch.cuda.get_device_properties(0)
     sms, l2_bytes = props.multi_processor_count, props.L2_cache_size
     if args.sweep:
-        run_sweep(args.sweep, sms, l2_bytes)
+        run_sweep(args.sweep, sms, l2_bytes, tuple(args.formats.split(",")))
     if args.no_table:
         return
     started = time.perf_counter()

@@ -139,6 +139,33 @@ def test_fma_variant(fmt, b, hq, hkv, t, d, cap, lens, block_n, chunk, dtype, mo
     assert error < BOUND[dtype], f"relative error {error:.2e}"
 
 
+@pytest.mark.parametrize(
+    ("b", "hq", "hkv", "t", "d", "cap", "lens", "block_n", "chunk", "block_r"),
+    [
+        (3, 32, 8, 1, 128, 1000, [1, 129, 1000], 128, 256, 16),  # GQA 4 decode, ragged rows, several splits
+        (3, 32, 8, 1, 128, 1000, [1, 129, 1000], 128, 4096, 16),  # one split: the direct path
+        (2, 8, 2, 3, 128, 200, [3, 150], 64, 64, 16),  # T = 3: causal among the new tokens
+        (1, 12, 4, 1, 96, 300, [299], 32, 128, 16),  # head_dim not a power of two (masked channels)
+        (1, 64, 8, 1, 64, 500, [500], 64, 128, 64),  # head_dim 64, 8 rows a group
+    ],
+    ids=["gqa4", "gqa4-direct", "t3", "d96", "d64-rows8"],
+)
+@pytest.mark.parametrize("scale", [1.0, 30.0], ids=["unit", "large-q"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_int8_scores_on_int8_tensor_cores(b, hq, hkv, t, d, cap, lens, block_n, chunk, block_r, scale, dtype,
+                                          monkeypatch):
+    """AttnConfig(qk_int8=True): the query as an int8 pair (hi + lo / 256) dotted with the cached int8 keys on the
+    int8 tensor cores; as exact as the fp16 route against float64, NaN-poisoned outputs and workspace."""
+    from accel_cuda.kernels import attention
+
+    monkeypatch.setattr(attention, "POISON", True)
+    q, *rest = make_case(b, hq, hkv, t, d, cap, lens, "int8", dtype)
+    args = ((q.float() * scale).to(dtype), *rest)
+    config = attention.AttnConfig(chunk=chunk, block_n=block_n, block_r=block_r, qk_int8=True)
+    error = relative_error(run(args, config=config), float64_reference(*args))
+    assert error < BOUND[dtype], f"relative error {error:.2e}"
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_int8_unaligned_cache_reads_bytes(dtype):
     """int8 codes whose strides are not multiples of 4 cannot be read as words: the byte path runs instead."""
