@@ -94,6 +94,11 @@ def sweep_configs(plan_cfg, fmt: str, chunk_v2: int | None = None):
         qk8 = replace(plan_cfg, qk_int8=True)
         configs.update({"qk8": qk8, "qk8-nocap": replace(qk8, max_regs=None), "qk8-stages3": replace(qk8, num_stages=3),
                         "qk8-chunk/2": replace(qk8, chunk=max(qk8.block_n, qk8.chunk // 2))})
+    # 8 warps a program: half the registers a thread, twice the warps per program (KERNEL_NOTES.md v5).
+    w8 = replace(plan_cfg, num_warps=8, max_regs=None)
+    more = plan_cfg.block_n * -(-plan_cfg.chunk * 3 // (2 * plan_cfg.block_n))  # fewer programs fit: longer chunks
+    configs.update({"w8": w8, "w8-regs128": replace(w8, max_regs=128), "w8-chunk*1.5": replace(w8, chunk=more),
+                    "w8-regs128-chunk*1.5": replace(w8, max_regs=128, chunk=more)})
     if fmt != "int4":
         fma = replace(plan_cfg, variant="fma", block_r=4, max_regs=None)
         configs["fma-bn64"] = replace(fma, block_n=64)
