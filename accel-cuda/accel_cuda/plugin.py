@@ -1,8 +1,8 @@
 """accel-cuda's hooks: registers the CUDA backend and answers kernel selection only for ops it has.
 
 The kernel table holds the Triton kernels (when Triton is installed): W4A16 and W8A16 (dequant_linear) linear, int8
-and fp8 W8A8 linear, and flash-decoding attention over the static KV cache; every other op on a CUDA device falls
-through to core's portable reference. Importing this module does not import Triton.
+and fp8 W8A8 linear, flash-decoding attention over the static KV cache and the fused write into it; every other op
+on a CUDA device falls through to core's portable reference. Importing this module does not import Triton.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ def kernels() -> dict[str, Callable[..., Any]]:
         cached_attention,
         dequant_linear,
         fp8_linear,
+        kv_cache_write,
         triton_available,
         w4a16_linear,
         w4a16_sparse24_linear,
@@ -39,6 +40,7 @@ def kernels() -> dict[str, Callable[..., Any]]:
         "w8a8_int8_linear": w8a8_int8_linear,
         "fp8_linear": fp8_linear,
         "cached_attention": cached_attention,
+        "kv_cache_write": kv_cache_write,
     }
 
 
@@ -50,7 +52,8 @@ def accel_register_kernel_backends() -> list[KernelBackendSpec]:
             name=BACKEND,
             description=(
                 "NVIDIA GPUs through PyTorch CUDA: Triton W4A16 (dense and 2:4-sparse), W8A16 and W8A8 (int8, fp8) "
-                "linear and flash-decoding over the quantized KV cache; portable reference kernels otherwise"
+                "linear, flash-decoding over the quantized KV cache and its fused quantize-and-write; portable "
+                "reference kernels otherwise"
             ),
             device_type=CudaPlatform.device_type,
             is_available=CudaPlatform.is_available,

@@ -95,3 +95,121 @@ def test_kernels_under_the_interpreter():
         # fp32 runs IEEE fp32 arithmetic; fp16 rounds the output and p (2^-11 relative each).
         bound = 2e-3 if "float16" in key else 1e-5
         assert error < bound, f"{key}: relative error {error:.2e}"
+
+
+KV_WRITE_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    import triton
+    import triton.language as tl
+    from accel.runtime.kv_ops import KV_FORMATS, kv_cache_write, kv_quantize
+    from accel_cuda.kernels import kv_write
+
+    def no_fallback(*args):
+        raise AssertionError("the Triton kernel fell back to the reference")
+
+    reference, kv_write.reference = kv_write.reference, no_fallback
+    gen = torch.Generator().manual_seed(0)
+
+    def poisoned(rows, h, cap, d, fmt, dtype):
+        # Stores of random bytes (NaN, inf, signalling NaN among them): whatever the write must leave shows.
+        stores = []
+        for _ in range(2):
+            for part in kv_quantize(torch.zeros(1, 1, 1, d, dtype=dtype), fmt):
+                if part is None:
+                    stores.append(None)
+                    continue
+                raw = torch.randint(0, 256, (rows, h, cap, part.shape[-1] * part.element_size()), generator=gen)
+                stores.append(raw.to(torch.uint8).view(part.dtype))
+        return stores
+
+    def same_bytes(a, b):
+        return all(x is None and y is None or torch.equal(x.view(torch.uint8), y.view(torch.uint8))
+                   for x, y in zip(a, b))
+
+    def special_tokens(k):
+        # Token 0: zeros with a -0.0; 1: constant; 2: tiny (int4's fp16 scale subnormal); 3: large. Rest random.
+        t = k.shape[2]
+        if t > 0:
+            k[:, :, 0] = 0.0
+            k[:, :, 0, 1] = -0.0
+        if t > 1:
+            k[:, :, 1] = 0.75
+        if t > 2:
+            k[:, :, 2] *= 1e-4
+        if t > 3:
+            k[:, :, 3] *= 300.0
+        return k
+
+    cases = 0
+    # (b, rows, h, t, d, cap, block_t): odd head_dims (96: 3 int4 groups), several token blocks with a partial one.
+    shapes = [(3, 4, 2, 1, 96, 40, None), (2, 2, 3, 5, 64, 9, None), (1, 2, 1, 37, 128, 64, None),
+              (2, 3, 2, 6, 32, 11, 4), (2, 2, 2, 3, 48, 7, None)]
+    for fmt in KV_FORMATS:
+        for b, rows, h, t, d, cap, block_t in shapes:
+            if fmt == "int4" and d % 32:
+                continue
+            for dtype in (torch.float32, torch.bfloat16, torch.float16):
+                # K/V as the model makes them: [B, T, H, D] in memory, viewed [B, H, T, D].
+                k, v = (special_tokens(torch.randn(b, t, h, d, generator=gen).transpose(1, 2) * 3).to(dtype)
+                        for _ in range(2))
+                positions = torch.stack([torch.randperm(cap, generator=gen)[:t] for _ in range(b)])
+                positions = positions.to(torch.int32 if cases % 2 else torch.int64)
+                stores = poisoned(rows, h, cap, d, fmt, dtype)
+                expected = [None if s is None else s.clone() for s in stores]
+                reference(k, v, positions, *expected, fmt)
+                config = None if block_t is None else kv_write.WriteConfig(block_t=block_t, num_warps=1)
+                kv_write.kv_cache_write(k, v, positions, *stores, fmt, config=config)
+                assert same_bytes(stores, expected), (fmt, b, t, d, dtype)
+                cases += 1
+    # A prompt write (positions an expanded range, stride 0 across rows) into the first rows of a larger store.
+    for fmt in KV_FORMATS:
+        k, v = (torch.randn(2, 2, 9, 64, generator=gen).to(torch.bfloat16) for _ in range(2))
+        positions = torch.arange(9).expand(2, 9)
+        stores = poisoned(3, 2, 12, 64, fmt, torch.bfloat16)
+        expected = [None if s is None else s.clone() for s in stores]
+        reference(k, v, positions, *expected, fmt)
+        kv_write.kv_cache_write(k, v, positions, *stores, fmt)
+        assert same_bytes(stores, expected), ("prompt", fmt)
+        cases += 1
+    # Positions outside [0, S) are skipped: the other tokens land as the reference stores them.
+    k, v = (torch.randn(1, 2, 4, 64, generator=gen) for _ in range(2))
+    stores = poisoned(1, 2, 8, 64, "int8", torch.float32)
+    expected = [None if s is None else s.clone() for s in stores]
+    reference(k[:, :, 1:3], v[:, :, 1:3], torch.tensor([[2, 5]]), *expected, "int8")
+    kv_write.kv_cache_write(k, v, torch.tensor([[-1, 2, 5, 8]]), *stores, "int8")
+    assert same_bytes(stores, expected), "out-of-range positions"
+
+    # The e4m3 conversion against torch's on every bf16 value in range, e4m3 midpoints (ties) and their neighbours,
+    # and random fp32 values over the whole range.
+    @triton.jit
+    def fp8_bits_kernel(y_ptr, out_ptr, N, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        y = tl.load(y_ptr + offs, mask=offs < N, other=0.0)
+        tl.store(out_ptr + offs, kv_write._fp8_bits(y).to(tl.uint8), mask=offs < N)
+
+    bf16 = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).float()
+    e4m3 = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e4m3fn).float()
+    e4m3 = e4m3[e4m3.isfinite()].unique()
+    mid = (e4m3[1:] + e4m3[:-1]) / 2
+    ties = torch.cat([mid, torch.nextafter(mid, torch.full_like(mid, 1e9)), torch.nextafter(mid, -mid.abs() - 1)])
+    noise = torch.randn(200_000, generator=gen) * torch.exp2(torch.randint(-14, 9, (200_000,), generator=gen).float())
+    values = torch.cat([bf16, ties, noise, -ties])
+    values = values[values.isfinite() & (values.abs() <= 448)].contiguous()
+    out = torch.empty(values.shape, dtype=torch.uint8)
+    fp8_bits_kernel[(triton.cdiv(values.numel(), 4096),)](values, out, values.numel(), BLOCK=4096)
+    want = values.to(torch.float8_e4m3fn).view(torch.uint8)
+    wrong = (out != want).nonzero().flatten()
+    assert wrong.numel() == 0, [(float(values[i]), int(out[i]), int(want[i])) for i in wrong[:5]]
+    print("cases", cases, "fp8 values", values.numel())
+    """
+)
+
+
+def test_kv_write_under_the_interpreter_is_exact():
+    """The fused KV write stores the reference's bytes exactly: every format, fp32 / bf16 / fp16 K and V laid out as
+    the model makes them, odd head_dims and token blocks, poisoned stores whose untouched bytes must survive."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", KV_WRITE_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "cases 61 " in done.stdout, done.stdout

@@ -29,10 +29,11 @@ def test_every_shipped_table_names_cards_shapes_and_m():
         for card, shapes in tuned_table(path).items():
             assert card and shapes, path.name
             for shape, by_m in shapes.items():
-                # "NxKgG", or "wB:NxK" (wxa16_tma_dot: bit width, shape; group 128 or per channel alike)
+                # "NxKgG", "wB:NxK" (wxa16_tma_dot: bit width, shape; group 128 or per channel alike) or
+                # "int8:NxK" / "fp8:NxK" (w8a8_tma: the 8-bit format, per-channel weights)
                 bits, _, dims = shape.rpartition(":")
                 n, rest = dims.split("x")
                 k, _, group = rest.partition("g")
-                assert bits in ("", "w4", "w8") and (group or bits), (path.name, shape)
+                assert bits in ("", "w4", "w8", "int8", "fp8") and (group or bits), (path.name, shape)
                 assert int(n) > 0 and int(k) > 0 and (not group or int(group) > 0), (path.name, shape)
                 assert all(m.isdigit() and isinstance(cfg, dict) and cfg for m, cfg in by_m.items()), (path.name, shape)

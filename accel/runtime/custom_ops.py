@@ -7,6 +7,11 @@ cached; `kernel_choice` tells which kernel runs. Each op's fake implementation g
 shape and dtype without running anything. The plain-Python references stay callable from accel.runtime.ops.
 
     y = torch.ops.accel.w8a8_int8_linear(x, weight_q, weight_scale, bias)
+
+kv_cache_write returns nothing and declares the cache tensors it stores into as mutated (`mutates_args`), so
+torch.compile functionalizes it (auto_functionalize) instead of treating it as pure. Its scale and zero-point
+stores are Optional (None for formats without them): torch.library accepts Optional mutated tensors (schema
+`Tensor(a!)?`), so no placeholder tensors are needed.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ __all__ = [
     "dequant_linear",
     "fp8_linear",
     "kernel_choice",
+    "kv_cache_write",
     "w4a16_linear",
     "w4a16_sparse24_linear",
     "w8a8_int8_linear",
@@ -173,3 +179,28 @@ def cached_attention(
 @cached_attention.register_fake
 def _(q, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, seq_lens, fmt, sm_scale):  # type: ignore[no-untyped-def]
     return torch.empty_like(q)
+
+
+@torch.library.custom_op(
+    "accel::kv_cache_write", mutates_args=("k_codes", "k_scale", "k_zero", "v_codes", "v_scale", "v_zero")
+)
+def kv_cache_write(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    positions: torch.Tensor,
+    k_codes: torch.Tensor,
+    k_scale: torch.Tensor | None,
+    k_zero: torch.Tensor | None,
+    v_codes: torch.Tensor,
+    v_scale: torch.Tensor | None,
+    v_zero: torch.Tensor | None,
+    fmt: str,
+) -> None:
+    """accel.runtime.kv_ops.kv_cache_write (in place into the stores), on the selected kernel."""
+    impl = kernel_choice("kv_cache_write", k.device.type).impl
+    impl(k, v, positions, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, fmt)
+
+
+@kv_cache_write.register_fake
+def _(k, v, positions, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, fmt):  # type: ignore[no-untyped-def]
+    return None

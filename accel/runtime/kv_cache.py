@@ -6,8 +6,9 @@ zero points (kv_ops' module docstring has the formats). Row b holds its tokens l
 written, per (token, head); nothing is ever re-quantized. Every shape is fixed at allocation, so a decode step
 that writes and reads the cache can be captured in a CUDA graph.
 
-Reads go through op `cached_attention` (kv_ops.cached_attention's contract), chosen by the kernel registry once
-it is declared in ops.OPS, else the kv_ops reference directly.
+Writes go through op `kv_cache_write` (kv_ops.kv_cache_write's contract: K and V of one layer quantized and
+stored in one call, which a backend fuses into one kernel) and reads through op `cached_attention`
+(kv_ops.cached_attention's), each chosen by the kernel registry, else the kv_ops reference directly.
 """
 
 from __future__ import annotations
@@ -24,22 +25,13 @@ from accel.runtime.quant_backend import KernelSelector
 __all__ = ["RuntimeKVCache", "StaticKVCache", "check_kv_format"]
 
 ATTENTION_OP = "cached_attention"
+WRITE_OP = "kv_cache_write"
 
 
 def check_kv_format(kv_format: str) -> None:
     """A clear error for an unknown format, naming the field."""
     if kv_format not in KV_FORMATS:
         raise ValueError(f"kv_format must be one of {KV_FORMATS}, got {kv_format!r}")
-
-
-def _scatter_rows(store: torch.Tensor, new: torch.Tensor, positions: torch.Tensor) -> None:
-    """store[b, h, positions[b, t], :] = new[b, h, t, :] for store [B, H, S, c], new [B, H, T, c], positions
-    [B, T]. fp8 codes move as their bytes (CPU scatter has no float8 kernel)."""
-    b, h, t, c = new.shape
-    index = positions.view(b, 1, t, 1).expand(b, h, t, c)
-    if store.dtype.itemsize == 1 and store.dtype not in (torch.int8, torch.uint8):
-        store, new = store.view(torch.uint8), new.view(torch.uint8)
-    store.scatter_(2, index, new)
 
 
 class RuntimeKVCache(Protocol):
@@ -117,6 +109,9 @@ class StaticKVCache:
         choice = None if kernels is None else kernels.choose(ATTENTION_OP)
         self.attention: Callable[..., torch.Tensor] = kv_ops.cached_attention if choice is None else choice.impl
         self.attention_backend = "reference" if choice is None else choice.backend
+        write = None if kernels is None else kernels.choose(WRITE_OP)
+        self.writer: Callable[..., None] = kv_ops.kv_cache_write if write is None else write.impl
+        self.write_backend = "reference" if write is None else write.backend
         self._views: dict[int, StaticKVCache] = {}
 
     @property
@@ -155,19 +150,15 @@ class StaticKVCache:
         """Store a right-padded prompt's K and V [B, kv_heads, T, head_dim] at positions 0 .. T - 1 of every
         row. Padding positions are stored too; they lie at or past the row's length, where reads never look
         and the next writes land."""
-        t = k.shape[2]
-        for store, new in ((self.keys[layer], k), (self.values[layer], v)):
-            for part, fresh in zip(store, kv_quantize(new, self.kv_format), strict=True):
-                if part is not None:
-                    part[:, :, :t].copy_(fresh)
+        b, _, t, _ = k.shape
+        positions = torch.arange(t, device=k.device).expand(b, t)  # [B, T], every row from position 0
+        self.write(layer, k, v, positions)
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
         """Store new K and V [B, kv_heads, T, head_dim] of row b at positions[b, :] ([B, T], each < max_seq: the
-        caller checks, as a device-side check would need a host sync)."""
-        for store, new in ((self.keys[layer], k), (self.values[layer], v)):
-            for part, fresh in zip(store, kv_quantize(new, self.kv_format), strict=True):
-                if part is not None:
-                    _scatter_rows(part, fresh, positions)
+        caller checks, as a device-side check would need a host sync): one kv_cache_write call for K and V."""
+        keys, values = self.keys[layer], self.values[layer]
+        self.writer(k, v, positions, *keys, *values, self.kv_format)
 
     def attend(self, layer: int, q: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float) -> torch.Tensor:
         """Causal attention of q [B, heads, T, head_dim] (the last T tokens of each row) over this layer's cache

@@ -38,7 +38,7 @@ from accel.quantization.activation_quant import ActivationQuantArgs
 from accel.quantization.qlinear import QuantLinear
 from accel.quantization.weight_quant import FP8_DTYPE, QuantizedWeight, WeightQuantArgs
 from accel.runtime.artifact import load_artifact
-from accel.runtime.kv_cache import ATTENTION_OP, StaticKVCache, check_kv_format
+from accel.runtime.kv_cache import ATTENTION_OP, WRITE_OP, StaticKVCache, check_kv_format
 from accel.runtime.quant_backend import (
     DenseLinear,
     KernelSelector,
@@ -416,14 +416,15 @@ class DecoderModel(nn.Module):
         return self.lm_head(hidden), hidden
 
     def kernel_meta(self) -> dict[str, str]:
-        """Which backend runs each op: {op: backend} over every linear and the cached attention (several
-        backends for one op are joined with commas)."""
+        """Which backend runs each op: {op: backend} over every linear, the cached attention and the KV cache
+        write (several backends for one op are joined with commas)."""
         seen: dict[str, set[str]] = {}
         for module in self.modules():
             if isinstance(module, RuntimeLinear):
                 seen.setdefault(module.op, set()).add(module.backend)
-        attention = self.kernels.choose(ATTENTION_OP)
-        seen[ATTENTION_OP] = {"reference" if attention is None else attention.backend}
+        for op in (ATTENTION_OP, WRITE_OP):
+            choice = self.kernels.choose(op)
+            seen[op] = {"reference" if choice is None else choice.backend}
         return {op: ",".join(sorted(backends)) for op, backends in sorted(seen.items())}
 
 

@@ -17,7 +17,7 @@ import torch
 from accel.quantization.activation_quant import ActivationQuantArgs, quantize_activation
 from accel.quantization.kernels.reference import dequant_linear
 from accel.quantization.weight_quant import WeightQuantArgs, quantize
-from accel.runtime.kv_ops import KV_FORMATS, cached_attention, kv_quantize
+from accel.runtime.kv_ops import KV_FORMATS, KVTensors, cached_attention, kv_cache_write, kv_dequantize, kv_quantize
 from accel.runtime.packing import pack_int32, packed_columns, unpack_int32
 
 InputMaker = Callable[[torch.Generator, str, torch.dtype], tuple[Any, ...]]
@@ -25,21 +25,38 @@ InputMaker = Callable[[torch.Generator, str, torch.dtype], tuple[Any, ...]]
 
 @dataclass(frozen=True)
 class OpSpec:
-    """One op: name, reference implementation, test inputs, and the tolerance a kernel must meet."""
+    """One op: name, reference implementation, test inputs, and the tolerance a kernel must meet.
+
+    Most ops return a tensor, and a kernel's output is compared with the reference's. An op that mutates its
+    arguments instead (kv_cache_write stores into the cache) returns None and sets `observe`: what to compare,
+    read from the arguments after the call (e.g. the dequantized stores). `result` hides the difference."""
 
     name: str
-    reference: Callable[..., torch.Tensor]
+    reference: Callable[..., torch.Tensor | None]
     make_inputs: InputMaker
     rtol: float
     atol: float
     doc: str
     # More input sets a kernel must also match on (an op whose arguments select a path, e.g. a KV cache format).
     variants: tuple[InputMaker, ...] = ()
+    # A mutating op: the tensor to compare, computed from its arguments after the call.
+    observe: Callable[[tuple[Any, ...]], torch.Tensor] | None = None
 
     @property
     def input_makers(self) -> tuple[InputMaker, ...]:
         """make_inputs, then every variant: the conformance kit checks a kernel on each."""
         return (self.make_inputs, *self.variants)
+
+    def result(self, impl: Callable[..., torch.Tensor | None], args: tuple[Any, ...]) -> torch.Tensor:
+        """What a kernel is judged on: impl(*args); for a mutating op, `observe` of a clone of the arguments that
+        impl ran on, so `args` stay as made and the reference and a kernel each start from the same inputs."""
+        if self.observe is None:
+            out = impl(*args)
+            assert out is not None, f"{self.name}: returned None, but the op declares no `observe`"
+            return out
+        fresh = tuple(arg.clone() if isinstance(arg, torch.Tensor) else arg for arg in args)
+        impl(*fresh)
+        return self.observe(fresh)
 
 
 def _dequant_linear_inputs(gen: torch.Generator, device: str, dtype: torch.dtype) -> tuple[Any, ...]:
@@ -337,6 +354,37 @@ def _cached_attention_inputs(
     return (q, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, lens, fmt, 1.0 / math.sqrt(d))
 
 
+def _kv_cache_write_inputs(
+    gen: torch.Generator, device: str, dtype: torch.dtype, *, fmt: str, new_tokens: int = 1
+) -> tuple[Any, ...]:
+    # 3 rows written into a store of 4 (row 3 must stay as it was), 2 KV heads, head_dim 96 (int4: 3 groups, not a
+    # power of two); ragged positions: row 0 appends after 17 tokens, row 1 from position 0, row 2 ends at the last
+    # position, backwards. The stores already hold quantized data, so untouched positions are visible.
+    b, rows, h, cap, d = 3, 4, 2, 40, 96
+    t = new_tokens
+    starts = torch.tensor([17, 0, cap - t])
+    positions = starts[:, None] + torch.arange(t)[None, :]
+    positions[2] = positions[2].flip(0)
+    magnitude = torch.logspace(-1, 1, b * h * t).reshape(b, h, t, 1)  # tokens of very different ranges
+    k, v = (torch.randn(b, h, t, d, generator=gen) * magnitude for _ in range(2))
+    old_k, old_v = (torch.randn(rows, h, cap, d, generator=gen) for _ in range(2))
+    if fmt == "none":
+        old_k, old_v = old_k.to(dtype), old_v.to(dtype)
+    tensors = [k.to(dtype), v.to(dtype), positions, *kv_quantize(old_k, fmt), *kv_quantize(old_v, fmt)]
+    k, v, positions, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero = (
+        None if x is None else x.to(device) for x in tensors
+    )
+    return (k, v, positions, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, fmt)
+
+
+def _kv_cache_write_observe(args: tuple[Any, ...]) -> torch.Tensor:
+    """The whole K and V stores after a write, dequantized: [2, B', H, S, D] float32."""
+    k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, fmt = args[3:]
+    keys = kv_dequantize(KVTensors(k_codes, k_scale, k_zero), fmt)
+    values = kv_dequantize(KVTensors(v_codes, v_scale, v_zero), fmt)
+    return torch.stack([keys, values])
+
+
 OPS: dict[str, OpSpec] = {
     "dequant_linear": OpSpec(
         name="dequant_linear",
@@ -402,5 +450,22 @@ OPS: dict[str, OpSpec] = {
         rtol=1e-2,
         atol=1e-2,
         doc="causal GQA attention of T new queries over a static KV cache (none/int8/fp8/int4), ragged lengths",
+    ),
+    "kv_cache_write": OpSpec(
+        name="kv_cache_write",
+        reference=kv_cache_write,
+        make_inputs=functools.partial(_kv_cache_write_inputs, fmt="none"),
+        variants=tuple(
+            functools.partial(_kv_cache_write_inputs, fmt=fmt, new_tokens=t)
+            for fmt in KV_FORMATS
+            for t in (1, 5)
+            if (fmt, t) != ("none", 1)
+        ),
+        # Exact: a kernel quantizes as kv_quantize does, bit for bit; one code off is a different cache.
+        rtol=0.0,
+        atol=0.0,
+        doc="quantize new K and V tokens (none/int8/fp8/int4) and store them at their positions of a static KV "
+        "cache, in place",
+        observe=_kv_cache_write_observe,
     ),
 }

@@ -236,7 +236,9 @@ def check_backend_probe(spec: KernelBackendSpec) -> None:
 
 
 def check_backend_kernels_match_reference(spec: KernelBackendSpec) -> None:
-    """Every kernel is a known op and, where the device is present, matches the reference."""
+    """Every kernel is a known op and, where the device is present, matches the reference: on its output, or for
+    an op that mutates its arguments (OpSpec.observe), on what the reference and the kernel, each run on its own
+    clone of the inputs, leave in them."""
     kernels = spec.kernels()
     unknown = set(kernels) - set(OPS)
     assert not unknown, f"{spec.name}: kernels for unknown ops {sorted(unknown)}; known: {sorted(OPS)}"
@@ -248,8 +250,8 @@ def check_backend_kernels_match_reference(spec: KernelBackendSpec) -> None:
         for case, make_inputs in enumerate(op.input_makers):
             for dtype in (torch.float32, torch.bfloat16):
                 args = make_inputs(torch.Generator().manual_seed(0), device, dtype)
-                expected = op.reference(*args).float()
-                got = kernel(*args)
+                expected = op.result(op.reference, args).float()
+                got = op.result(kernel, args)
                 where = f"{spec.name}.{op_name} (inputs {case}, {dtype})"
                 assert got.shape == expected.shape, f"{where}: shape {got.shape} != {expected.shape}"
                 assert torch.isfinite(got).all(), f"{where}: non-finite output"

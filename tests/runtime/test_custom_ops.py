@@ -17,7 +17,7 @@ def test_custom_op_runs_the_reference_on_cpu_and_passes_opcheck(name, case):
     op = OPS[name]
     args = op.input_makers[case](torch.Generator().manual_seed(case), "cpu", torch.bfloat16)
     custom = getattr(torch.ops.accel, name)
-    torch.testing.assert_close(custom(*args), op.reference(*args), rtol=0, atol=0)
+    torch.testing.assert_close(op.result(custom, args), op.result(op.reference, args), rtol=0, atol=0)
     fp8 = any(isinstance(a, torch.Tensor) and a.dtype == torch.float8_e4m3fn for a in args)
     # torch's schema check compares inputs before and after with ops that fp8 tensors lack on the CPU.
     checks = ALL_CHECKS[2:] if fp8 else ALL_CHECKS
@@ -59,3 +59,23 @@ def test_torch_compile_traces_through_the_block_sparse_op():
 
     compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(x), step(x))
+
+
+@pytest.mark.parametrize("case", [0, 2, 6], ids=["none", "int8", "int4"])  # None scales; a scale; scale and zero
+def test_torch_compile_functionalizes_the_cache_write(case):
+    """kv_cache_write mutates its (Optional) stores: compiled, the stores change exactly as in eager mode, and a
+    read after the write inside the same graph sees the new tokens."""
+    op = OPS["kv_cache_write"]
+    args = op.input_makers[case](torch.Generator().manual_seed(0), "cpu", torch.float32)
+    eager, compiled_args = ([a.clone() if isinstance(a, torch.Tensor) else a for a in args] for _ in range(2))
+
+    def step(*write_args):
+        torch.ops.accel.kv_cache_write(*write_args)
+        return write_args[3].float().sum()  # the K codes, read after the write
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(*compiled_args), step(*eager))
+    for got, want in zip(compiled_args, eager, strict=True):
+        if isinstance(got, torch.Tensor):
+            assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+    assert not torch.equal(op.observe(tuple(eager)), op.observe(args))  # the write happened

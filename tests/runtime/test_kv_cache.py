@@ -8,10 +8,15 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from accel.plugins import KernelBackendSpec, load_registry
+from accel.plugins.backend import BackendPlugin
+from accel.plugins.loader import PluginPolicy
 from accel.runtime.kv_cache import StaticKVCache
-from accel.runtime.kv_ops import KV_FORMATS, KVTensors, kv_dequantize, kv_quantize, kv_token_bytes
+from accel.runtime.kv_ops import KV_FORMATS, KVTensors, kv_cache_write, kv_dequantize, kv_quantize, kv_token_bytes
 from accel.runtime.loaders import load_model
 from accel.runtime.model import from_hf
+from accel.runtime.quant_backend import KernelSelector
+from accel.schema import CapabilityDescriptor
 
 LAYERS, HEADS, SEQ, DIM = 2, 3, 16, 64
 
@@ -84,6 +89,83 @@ def test_bad_arguments_name_the_field() -> None:
         StaticKVCache(LAYERS, 1, HEADS, 0, DIM)
     with pytest.raises(ValueError, match="head_dim divisible by 32"):
         StaticKVCache(LAYERS, 1, HEADS, SEQ, 48, kv_format="int4")
+
+
+# ------------------------------------------------------------------------------------- the write op
+
+
+def selector_with_write_kernel(calls: list[str]) -> KernelSelector:
+    """A CPU kernel selector whose registry holds a backend serving kv_cache_write (core's reference, counting its
+    calls), registered as a third party's would be: the cache must take it from the selector."""
+
+    def kernel(*args: object) -> None:
+        calls.append(str(args[-1]))
+        kv_cache_write(*args)  # type: ignore[arg-type]
+
+    spec = KernelBackendSpec(
+        name="cpu-kv-write",
+        description="core's kv_cache_write served as a backend kernel on the CPU (test plugin)",
+        device_type="cpu",
+        is_available=lambda: True,
+        capability=lambda: CapabilityDescriptor(device_name="cpu", device_type="cpu"),
+        kernels=lambda: {"kv_cache_write": kernel},
+        priority=1,
+    )
+    registry = load_registry(PluginPolicy())
+    registry.manager.register(BackendPlugin(spec), name="cpu-kv-write")
+    return KernelSelector("cpu", registry)
+
+
+def same_stores(a: StaticKVCache, b: StaticKVCache) -> bool:
+    """Every stored tensor of both caches equal byte for byte (None where the format has none)."""
+    pairs = [
+        (x, y)
+        for stored_a, stored_b in zip(a.keys + a.values, b.keys + b.values, strict=True)
+        for x, y in zip(stored_a, stored_b, strict=True)
+    ]
+    return all((x is None and y is None) or torch.equal(x.view(torch.uint8), y.view(torch.uint8)) for x, y in pairs)
+
+
+@pytest.mark.parametrize("kv_format", KV_FORMATS)
+def test_each_write_is_one_call_of_the_selected_kernel(kv_format: str) -> None:
+    calls: list[str] = []
+    cache = StaticKVCache(LAYERS, 3, HEADS, SEQ, DIM, kv_format=kv_format, kernels=selector_with_write_kernel(calls))
+    plain = StaticKVCache(LAYERS, 3, HEADS, SEQ, DIM, kv_format=kv_format)
+    assert (cache.write_backend, plain.write_backend) == ("cpu-kv-write", "reference")
+    gen = torch.Generator().manual_seed(0)
+    prompt_k, prompt_v = torch.randn(2, 2, HEADS, 5, DIM, generator=gen).to(torch.bfloat16)
+    new_k, new_v = torch.randn(2, 2, HEADS, 1, DIM, generator=gen).to(torch.bfloat16)
+    for target in (cache, plain):
+        rows = target.rows(2)
+        rows.write_prompt(1, prompt_k, prompt_v)
+        rows.write(0, new_k, new_v, torch.tensor([[5], [3]]))
+    assert calls == [kv_format, kv_format]  # K and V of a layer together, prompt and decode alike
+    assert same_stores(cache, plain)
+
+
+@pytest.mark.parametrize("kv_format", ["none", "int8", "int4"])
+@pytest.mark.parametrize("backend_kernel", [False, True], ids=["reference", "backend"])
+def test_a_compiled_decode_step_writes_what_the_eager_one_does(kv_format: str, backend_kernel: bool) -> None:
+    """The write under torch.compile as Generator(compile=True) runs it: the reference traced into the graph
+    (fullgraph), or a backend's kernel, which KernelSelector makes opaque to dynamo (a graph break)."""
+    kernels = selector_with_write_kernel([]) if backend_kernel else None
+    caches = [StaticKVCache(1, 2, 2, SEQ, DIM, kv_format=kv_format, kernels=kernels) for _ in range(2)]
+    gen = torch.Generator().manual_seed(1)
+    k, v = torch.randn(2, 2, 2, 1, DIM, generator=gen).to(torch.bfloat16)
+    q = torch.randn(2, 4, 1, DIM, generator=gen).to(torch.bfloat16)
+    positions, seq_lens = torch.tensor([[3], [0]]), torch.tensor([4, 1])
+    outputs = []
+    for cache, compiled in zip(caches, (False, True), strict=True):
+
+        def step(k, v, positions, q, seq_lens, cache=cache):
+            cache.write(0, k, v, positions)
+            return cache.attend(0, q, seq_lens, DIM**-0.5)
+
+        run = torch.compile(step, backend="aot_eager", fullgraph=not backend_kernel) if compiled else step
+        outputs.append(run(k, v, positions, q, seq_lens))
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
+    assert same_stores(caches[0], caches[1])
+    assert stored(caches[1], 0)[0, :, 3].abs().sum() > 0  # the compiled step really wrote
 
 
 # ------------------------------------------------------------------------------------- bundled model

@@ -80,7 +80,7 @@ def test_bundled_logits_match_transformers(bundled) -> None:
     got, expected = run_both(hf, runtime, ids, steps)
     assert relative_error(got[: len(ids)], expected[: len(ids)]) < RELATIVE  # prefill
     assert relative_error(got[len(ids) :], expected[len(ids) :]) < RELATIVE  # decode through the cache
-    assert runtime.kernel_meta() == {"cached_attention": "reference", "linear": "torch"}
+    assert runtime.kernel_meta() == {"cached_attention": "reference", "kv_cache_write": "reference", "linear": "torch"}
 
 
 @pytest.mark.slow

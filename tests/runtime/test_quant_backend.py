@@ -284,7 +284,9 @@ def test_load_for_inference_reads_the_bundled_model_and_hf_directories() -> None
     directory = load_for_inference(bundled_cache_dir(), dtype=torch.float32, kv_format="fp8")
     assert bundled_model.tokenizer is not None and directory.kv_format == "fp8"
     assert torch.equal(bundled_model.embed_weight, directory.embed_weight)
-    assert bundled_model.kernel_meta() == {"cached_attention": "reference", "linear": "torch"}
+    assert bundled_model.kernel_meta() == {
+        "cached_attention": "reference", "kv_cache_write": "reference", "linear": "torch"
+    }
     with pytest.raises(ValueError, match="kv_format must be one of"):
         load_for_inference(None, kv_format="int16")
 

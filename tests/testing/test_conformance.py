@@ -11,6 +11,7 @@ from accel.plugins import load_registry
 from accel.plugins.loader import PluginPolicy
 from accel.plugins.records import DraftStrategySpec, KernelBackendSpec, QuantMethodSpec
 from accel.quantization import QuantizedWeight, QuantMethod
+from accel.runtime.kv_ops import kv_cache_write
 from accel.schema import CapabilityDescriptor
 from accel.sparsity.method import PrunedWeight, PruningMethod
 from accel.speculative.draft import Draft, DraftStrategy
@@ -99,3 +100,30 @@ def test_kit_rejects_kernels_for_unknown_ops():
     with pytest.raises(AssertionError, match="unknown ops"):
         checks_for(spec)[-1](spec)
 
+
+
+def cpu_backend(name: str, kernels: dict) -> KernelBackendSpec:
+    return KernelBackendSpec(
+        name=name, description="test backend", device_type="cpu", is_available=lambda: True,
+        capability=lambda: CapabilityDescriptor(device_name="cpu", device_type="cpu"), kernels=lambda: kernels,
+    )
+
+
+def test_kit_judges_a_mutating_op_on_what_it_stores():
+    check = checks_for(cpu_backend("x", {}))[-1]
+    check(cpu_backend("right", {"kv_cache_write": kv_cache_write}))  # the reference itself passes
+
+    def nothing(*args):  # stores nothing: passes only if the kit let the reference's write leak into its inputs
+        return None
+
+    def k_only(k, v, positions, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, fmt):
+        kv_cache_write(k, k, positions, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, fmt)  # V stored as K
+
+    def one_code_off(*args):
+        kv_cache_write(*args)
+        codes = args[3].view(torch.uint8)
+        codes[0, 0, 17, 0] ^= 1  # the lowest bit of one stored byte of row 0's first new token
+
+    for name, kernel in (("nothing", nothing), ("k-only", k_only), ("one-code-off", one_code_off)):
+        with pytest.raises(AssertionError):
+            check(cpu_backend(name, {"kv_cache_write": kernel}))

@@ -12,6 +12,7 @@ __all__ = [
     "cached_attention",
     "dequant_linear",
     "fp8_linear",
+    "kv_cache_write",
     "triton_available",
     "w4a16_linear",
     "w4a16_prepare",
@@ -142,3 +143,23 @@ def cached_attention(
     from accel_cuda.kernels.attention import cached_attention as impl
 
     return impl(q, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, seq_lens, fmt, sm_scale, **kwargs)
+
+
+def kv_cache_write(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    positions: torch.Tensor,
+    k_codes: torch.Tensor,
+    k_scale: torch.Tensor | None,
+    k_zero: torch.Tensor | None,
+    v_codes: torch.Tensor,
+    v_scale: torch.Tensor | None,
+    v_zero: torch.Tensor | None,
+    fmt: str,
+    **kwargs: Any,
+) -> None:
+    """The fused KV cache write: K and V quantized and stored at their positions in one launch
+    (accel_cuda.kernels.kv_write.kv_cache_write), imported on first call."""
+    from accel_cuda.kernels.kv_write import kv_cache_write as impl
+
+    impl(k, v, positions, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, fmt, **kwargs)
