@@ -52,6 +52,7 @@ import triton.language as tl
 
 from accel.runtime.kv_ops import KV_FORMATS, KV_INT4_GROUP
 from accel.runtime.kv_ops import cached_attention as reference
+from accel_cuda.kernels.device import device_info
 
 __all__ = ["AttnConfig", "cached_attention", "plan"]
 
@@ -578,9 +579,7 @@ def _fma_tile(cfg: AttnConfig, block_d: int, elem_bytes: int) -> tuple[int, int]
 
 
 def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 132
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return device_info(device).sms
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from accel.runtime.ops import w4a16_sparse24_linear as reference
+from accel_cuda.kernels.device import device_info
 from accel_cuda.kernels.sparse24_layout import deinterleave_rows, from_kernel_layout, interleave_rows, to_kernel_layout
 
 __all__ = ["prepare", "w4a16_sparse24_linear"]
@@ -43,7 +44,7 @@ def prepare(
 
 def _tma_applies(n: int, k: int, device: torch.device) -> bool:
     """Hopper (tensor memory accelerator, sm_90 bf16x2 forms) and a shape the TMA GEMV's default launch tiles."""
-    if torch.cuda.get_device_capability(device)[0] != 9:
+    if device_info(device).capability[0] != 9:
         return False
     from accel_cuda.kernels.w4a16_sparse24_tma import TmaSparseConfig, supports_tma
 

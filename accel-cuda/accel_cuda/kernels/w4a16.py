@@ -34,6 +34,7 @@ import triton.language as tl
 
 from accel.runtime.ops import w4a16_linear as reference
 from accel_cuda.kernels import w4a16_gemv as gemv
+from accel_cuda.kernels.device import device_info
 from accel_cuda.kernels.nibbles import unpermute_nibbles
 from accel_cuda.kernels.tuning import tuned_table
 
@@ -343,18 +344,11 @@ class Config:
     prefetch: bool = False
 
 
-_DEVICES: dict[int, tuple[int, str]] = {}
-
-
 def _device_info(device: torch.device) -> tuple[int, str]:
-    """(SM count, name) of a CUDA device, cached; (132, "") for CPU tensors under the interpreter."""
-    if device.type != "cuda":
-        return 132, ""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _DEVICES:
-        props = torch.cuda.get_device_properties(index)
-        _DEVICES[index] = (props.multi_processor_count, props.name)
-    return _DEVICES[index]
+    """(SM count, name) of a CUDA device, cached (device.device_info); (132, "") for CPU tensors under the
+    interpreter."""
+    info = device_info(device)
+    return info.sms, info.name
 
 
 def _pow2_at_least(n: int) -> int:
@@ -515,14 +509,14 @@ def w4a16_linear(
             from accel_cuda.kernels import wxa16_tma_dot as tma_dot
 
             sms, name = _device_info(x.device)
-            dcfg = tma_dot.tma_dot_plan(m, n, k, 4, name, torch.cuda.get_device_capability(x.device), sms)
+            dcfg = tma_dot.tma_dot_plan(m, n, k, 4, name, device_info(x.device).capability, sms)
             if dcfg is not None and tma_dot.supports_tma_dot(n, k, groups, dcfg, 4, has_zp):
                 return tma_dot.wxa16_tma_dot(x, weight_packed, weight_scale, zp if has_zp else None, bits=4,
                                              config=dcfg, out=result)
         if not has_zp and x.is_cuda and _tma_ready(weight_packed, weight_scale):
             from accel_cuda.kernels import w4a16_gemv_tma as gemv_tma
 
-            tcfg = gemv_tma.tma_plan(m, n, k, _device_info(x.device)[1], torch.cuda.get_device_capability(x.device))
+            tcfg = gemv_tma.tma_plan(m, n, k, _device_info(x.device)[1], device_info(x.device).capability)
             if tcfg is not None:
                 return gemv_tma.w4a16_tma_gemv(x, weight_packed, weight_scale, None, config=tcfg, out=result)
         gcfg = gemv.gemv_plan(m, n, k, *_device_info(x.device))

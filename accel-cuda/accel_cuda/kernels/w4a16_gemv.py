@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from accel_cuda.kernels.device import device_info
 from accel_cuda.kernels.nibbles import permute_nibbles, unpermute_nibbles
 from accel_cuda.kernels.tuning import tuned_table
 
@@ -198,10 +199,10 @@ TUNED_CONFIGS = Path(__file__).with_name("w4a16_gemv_configs.json")
 _tuned = functools.partial(tuned_table, TUNED_CONFIGS)
 
 
-@functools.cache
 def _device_info(index: int) -> tuple[int, str]:
-    props = torch.cuda.get_device_properties(index)
-    return props.multi_processor_count, props.name
+    """(SM count, name) of CUDA device `index` (device.device_info, cached)."""
+    info = device_info(torch.device("cuda", index))
+    return info.sms, info.name
 
 
 # Decode GEMV up to this M when a card has no tuned table (measured on an H200: the packed GEMV beats the

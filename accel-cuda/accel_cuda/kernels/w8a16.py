@@ -15,6 +15,7 @@ import triton.language as tl
 
 from accel.quantization.kernels.reference import dequant_linear as reference
 from accel_cuda.kernels import wxa16_tma_dot as tma_dot
+from accel_cuda.kernels.device import device_info
 
 __all__ = ["dequant_linear", "w8_dequantize"]
 
@@ -63,9 +64,8 @@ def _plan(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero_point: tor
     if zero_point is not None and (zero_point.dtype != torch.int8 or zero_point.shape != scale.shape):
         return None
     m = x.numel() // k if k else 0
-    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    props = torch.cuda.get_device_properties(index)
-    cfg = tma_dot.tma_dot_plan(m, n, k, 8, props.name, (props.major, props.minor), props.multi_processor_count)
+    info = device_info(x.device)
+    cfg = tma_dot.tma_dot_plan(m, n, k, 8, info.name, info.capability, info.sms)
     if cfg is None or not tma_dot.supports_tma_dot(n, k, groups, cfg, 8, zero_point is not None):
         return None
     return cfg

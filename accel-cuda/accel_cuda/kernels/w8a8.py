@@ -38,6 +38,7 @@ import triton.language as tl
 
 from accel.runtime.ops import fp8_linear as fp8_reference
 from accel.runtime.ops import w8a8_int8_linear as int8_reference
+from accel_cuda.kernels.device import device_info
 from accel_cuda.kernels.w8a8_tma import W8TmaConfig, supports_w8a8_tma, w8a8_tma, w8a8_tma_plan
 
 __all__ = ["W8Config", "fp8_linear", "plan", "quantize_rows", "w8a8_int8_linear"]
@@ -316,8 +317,8 @@ def _tma_config(m: int, n: int, k: int, fp8: bool, x: torch.Tensor) -> W8Config 
     """The TMA kernel's launch on Hopper at decode sizes (w8a8_tma_plan), as a W8Config; None elsewhere."""
     if not x.is_cuda:
         return None
-    props = torch.cuda.get_device_properties(x.device)
-    tma = w8a8_tma_plan(m, n, k, fp8, props.name, (props.major, props.minor), props.multi_processor_count)
+    info = device_info(x.device)
+    tma = w8a8_tma_plan(m, n, k, fp8, info.name, info.capability, info.sms)
     if tma is None:
         return None
     return W8Config("tma", block_m=tma.block_m, block_n=tma.block_n, block_k=128, split=tma.split,
@@ -326,11 +327,11 @@ def _tma_config(m: int, n: int, k: int, fp8: bool, x: torch.Tensor) -> W8Config 
 
 def _rowwise_ok(x: torch.Tensor) -> bool:
     """torch._scaled_mm with rowwise scales: CUTLASS on sm90+, bf16 output."""
-    return x.is_cuda and x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (9, 0)
+    return x.is_cuda and x.dtype == torch.bfloat16 and device_info(x.device).capability >= (9, 0)
 
 
 def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+    return device_info(device).sms
 
 
 def _linear(
@@ -492,7 +493,7 @@ def fp8_linear(
 ) -> torch.Tensor:
     """fp8 e4m3 W8A8 (Triton / torch._scaled_mm); same contract as accel.runtime.ops.fp8_linear (the reference),
     which runs for inputs the kernels do not take and on GPUs without fp8 (before sm89)."""
-    fp8_ok = INTERPRET or (x.is_cuda and torch.cuda.get_device_capability(x.device) >= (8, 9))
+    fp8_ok = INTERPRET or (x.is_cuda and device_info(x.device).capability >= (8, 9))
     if not (fp8_ok and _usable(x, weight_fp8, weight_scale, torch.float8_e4m3fn)):
         return fp8_reference(x, weight_fp8, weight_scale, input_scale, bias)
     return _linear(x, weight_fp8, weight_scale, input_scale, bias, True, config)
