@@ -1,8 +1,9 @@
 """accel-cuda's hooks: registers the CUDA backend and answers kernel selection only for ops it has.
 
 The kernel table holds the Triton kernels (when Triton is installed): W4A16 and W8A16 (dequant_linear) linear, int8
-and fp8 W8A8 linear, flash-decoding attention over the static KV cache and the fused write into it; every other op
-on a CUDA device falls through to core's portable reference. Importing this module does not import Triton.
+and fp8 W8A8 linear, flash-decoding attention over the static KV cache and the fused write into it, and RMSNorm;
+every other op on a CUDA device falls through to core's portable reference. Importing this module does not import
+Triton.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def kernels() -> dict[str, Callable[..., Any]]:
         dequant_linear,
         fp8_linear,
         kv_cache_write,
+        rms_norm,
         triton_available,
         w4a16_linear,
         w4a16_sparse24_linear,
@@ -41,6 +43,7 @@ def kernels() -> dict[str, Callable[..., Any]]:
         "fp8_linear": fp8_linear,
         "cached_attention": cached_attention,
         "kv_cache_write": kv_cache_write,
+        "rms_norm": rms_norm,
     }
 
 
@@ -52,8 +55,8 @@ def accel_register_kernel_backends() -> list[KernelBackendSpec]:
             name=BACKEND,
             description=(
                 "NVIDIA GPUs through PyTorch CUDA: Triton W4A16 (dense and 2:4-sparse), W8A16 and W8A8 (int8, fp8) "
-                "linear, flash-decoding over the quantized KV cache and its fused quantize-and-write; portable "
-                "reference kernels otherwise"
+                "linear, flash-decoding over the quantized KV cache and its fused quantize-and-write, fused RMSNorm; "
+                "portable reference kernels otherwise"
             ),
             device_type=CudaPlatform.device_type,
             is_available=CudaPlatform.is_available,

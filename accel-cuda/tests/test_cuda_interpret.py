@@ -213,3 +213,94 @@ def test_kv_write_under_the_interpreter_is_exact():
     done = subprocess.run([sys.executable, "-c", KV_WRITE_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "cases 61 " in done.stdout, done.stdout
+
+
+RMS_NORM_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from accel.runtime.norm_ops import rms_norm
+    from accel_cuda.kernels import norm as kernel
+
+    def no_fallback(*args):
+        raise AssertionError("the Triton kernel fell back to the reference")
+
+    kernel.reference = no_fallback
+    gen = torch.Generator().manual_seed(0)
+    BITS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
+
+    def ulps(got, want):
+        # Representable values between got and want (same signs: x * rsqrt keeps x's sign).
+        bits = BITS[got.dtype]
+        return (got.view(bits).long() - want.view(bits).long()).abs()
+
+    def make(shape, dtype, weight_dtype, ones):
+        rows = torch.logspace(-3, 3, torch.Size(shape[:-1]).numel()).reshape(*shape[:-1], 1)
+        x = (torch.randn(*shape, generator=gen) * rows).to(dtype)
+        weight = torch.ones(shape[-1]) if ones else 1.0 + 0.5 * torch.randn(shape[-1], generator=gen)
+        return x, weight.to(weight_dtype)
+
+    cases, worst_fp32, differing, total = 0, 0.0, 0, 0
+    # (shape, config): odd hiddens, a decode row, leading dims, Llama's 4096, the largest row; several rows per
+    # program with a partial last block.
+    shapes = [((1, 576), None), ((3, 200), None), ((17, 1000), None), ((2, 3, 576), None), ((4, 4096), None),
+              ((2, 16384), None), ((17, 200), kernel.NormConfig(block_m=4, num_warps=2)),
+              ((3, 96), kernel.NormConfig(block_m=8, num_warps=1))]
+    for shape, config in shapes:
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            for weight_dtype, ones in ((dtype, True), (dtype, False), (torch.float32, False)):
+                x, weight = make(shape, dtype, weight_dtype, ones)
+                got = kernel.rms_norm(x, weight, 1e-5, config=config)
+                want = rms_norm(x, weight, 1e-5)
+                assert got.dtype == want.dtype and got.shape == want.shape, (shape, dtype, weight_dtype)
+                where = (shape, str(dtype), str(weight_dtype), ones)
+                if want.dtype == torch.float32 and dtype == torch.float32:
+                    rel = float(((got - want).abs() / want.abs().clamp_min(1e-30)).max())
+                    worst_fp32 = max(worst_fp32, rel)
+                    assert rel < 1e-6, (where, rel)  # the sum of squares in another order, one rsqrt
+                elif ones:
+                    # w = 1: the output is the normalized row in x's dtype. fp16 rounds to nearest as torch does;
+                    # the interpreter truncates fp32 -> bf16 (a GPU rounds to nearest), both within one ulp.
+                    d = ulps(got, want)
+                    assert int(d.max()) <= 1, (where, int(d.max()))
+                    if dtype == torch.float16:
+                        differing, total = differing + int((d > 0).sum()), total + d.numel()
+                else:
+                    # Times the weight: the normalized value and the product each one ulp of a 16-bit dtype away at
+                    # most, 2^-7 (bf16) or 2^-10 (fp16) relative each (an fp32 output rounds the product only once).
+                    bound = 2 * (2.0**-7 if dtype == torch.bfloat16 else 2.0**-10)
+                    rel = float(((got.float() - want.float()).abs() / want.float().abs().clamp_min(1e-30)).max())
+                    assert rel <= bound, (where, rel)
+                cases += 1
+    assert differing <= 1e-3 * total, (differing, total)  # fp16: rare elements one ulp away
+    # Layouts the kernel takes as they are: rows at a stride past H (a slice), rows expanded (stride 0), a strided
+    # weight, size-1 leading dimensions with arbitrary strides.
+    base = torch.randn(6, 256, generator=gen).half()
+    w = torch.randn(400, generator=gen).half()
+    views = [(base[:, :200], w[::2]), (torch.randn(1, 300, generator=gen).expand(4, 300), torch.ones(300)),
+             (torch.randn(3, 1, 64, generator=gen).transpose(0, 1), torch.ones(64))]
+    for x, weight in views:
+        got, want = kernel.rms_norm(x, weight, 1e-6), rms_norm(x, weight, 1e-6)
+        torch.testing.assert_close(got, want, rtol=2.0**-10, atol=0)
+        cases += 1
+    # Layouts it does not take run the reference, exactly.
+    kernel.reference = rms_norm
+    odd = [(torch.randn(64, 5, generator=gen).T, torch.ones(64)),  # last dimension strided
+           (torch.randn(4, 3, 32, generator=gen).transpose(0, 1), torch.ones(32)),  # rows do not collapse
+           (torch.randn(2, 16, generator=gen).double(), torch.ones(16).double()),  # float64
+           (torch.randn(1, kernel.MAX_HIDDEN + 8, generator=gen), torch.ones(kernel.MAX_HIDDEN + 8)),
+           (torch.randn(0, 16), torch.ones(16))]
+    for x, weight in odd:
+        assert torch.equal(kernel.rms_norm(x, weight, 1e-5), rms_norm(x, weight, 1e-5))
+        cases += 1
+    print("cases", cases, "worst fp32", f"{worst_fp32:.2e}", "fp16 differing", differing, "of", total)
+    """
+)
+
+
+def test_rms_norm_under_the_interpreter():
+    """The fused RMSNorm against the reference: fp32 within 1e-6 relative per element; fp16 / bf16 within one ulp of
+    x's dtype, rarely off at all in fp16; odd hiddens, rows per program, strided layouts; the reference elsewhere."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", RMS_NORM_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "cases 80 " in done.stdout, done.stdout

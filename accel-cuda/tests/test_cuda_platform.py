@@ -100,7 +100,7 @@ def test_plugin_import_does_not_import_triton():
 
 
 KERNEL_OPS = {"dequant_linear", "w4a16_linear", "w4a16_sparse24_linear", "w8a8_int8_linear", "fp8_linear",
-              "cached_attention", "kv_cache_write"}
+              "cached_attention", "kv_cache_write", "rms_norm"}
 
 
 def test_kernel_table_has_the_triton_kernels_where_triton_is_installed():

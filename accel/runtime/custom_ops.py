@@ -30,6 +30,7 @@ __all__ = [
     "fp8_linear",
     "kernel_choice",
     "kv_cache_write",
+    "rms_norm",
     "w4a16_linear",
     "w4a16_sparse24_linear",
     "w8a8_int8_linear",
@@ -204,3 +205,14 @@ def kv_cache_write(
 @kv_cache_write.register_fake
 def _(k, v, positions, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, fmt):  # type: ignore[no-untyped-def]
     return None
+
+
+@torch.library.custom_op("accel::rms_norm", mutates_args=())
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """accel.runtime.norm_ops.rms_norm, on the selected kernel."""
+    return kernel_choice("rms_norm", x.device.type).impl(x, weight, eps)
+
+
+@rms_norm.register_fake
+def _(x, weight, eps):  # type: ignore[no-untyped-def]
+    return torch.empty_like(x, dtype=torch.promote_types(weight.dtype, x.dtype))

@@ -7,7 +7,8 @@ Llama, Mistral, Qwen2 (q/k/v biases) and SmolLM2 shapes, tied embeddings or not.
                 x = h + down_proj(silu(gate) * up)                      gate/up from gate_up_proj(rms_norm(h))
     logits = lm_head(rms_norm(x))                                       [B, T, vocab]
 
-rms_norm(x) = w * x / sqrt(mean(x^2) + eps), computed in float32 and cast back, as transformers does.
+rms_norm(x) = w * x / sqrt(mean(x^2) + eps), computed in float32 and cast back, as transformers does (op rms_norm:
+one kernel launch where the device's backend has one).
 RoPE rotates each (i, i + d/2) pair of a head by angle pos * inv_freq[i], inv_freq[i] = theta^(-2i/d) (llama3 and
 linear scaling adjust inv_freq). Attention has GQA: query head j reads KV head j // (heads / kv_heads).
 
@@ -33,10 +34,12 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from accel.plugins.records import KernelChoice
 from accel.plugins.registry import PluginRegistry
 from accel.quantization.activation_quant import ActivationQuantArgs
 from accel.quantization.qlinear import QuantLinear
 from accel.quantization.weight_quant import FP8_DTYPE, QuantizedWeight, WeightQuantArgs
+from accel.runtime import norm_ops
 from accel.runtime.artifact import load_artifact
 from accel.runtime.kv_cache import ATTENTION_OP, WRITE_OP, StaticKVCache, check_kv_format
 from accel.runtime.quant_backend import (
@@ -60,6 +63,7 @@ __all__ = [
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 ROPE_TYPES = ("default", "linear", "llama3")
 RANDOM_QUANT = ("none", "w4a16", "w4a16-asym", "w4a16-2:4", "w8a16", "w8a8-int8", "w8a8-fp8")
+NORM_OP = "rms_norm"
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -175,17 +179,31 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class RMSNorm(nn.Module):
-    """w * x / sqrt(mean(x^2) + eps) over the last dimension, in float32, cast back before the weight."""
+    """w * x / sqrt(mean(x^2) + eps) over the last dimension, in float32, cast back before the weight: op rms_norm
+    (norm_ops.rms_norm is the contract) on the kernel the registry chose for the device, else the reference.
 
-    def __init__(self, weight: torch.Tensor, eps: float) -> None:
+    A backend's kernel is one launch where the reference chain is ~7, 65 times per Llama-3-8B forward."""
+
+    op = NORM_OP
+
+    def __init__(self, weight: torch.Tensor, eps: float, kernel: KernelChoice | None = None) -> None:
         super().__init__()
         self.eps = eps
         self.register_buffer("weight", weight)
+        self.impl: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] = (
+            norm_ops.rms_norm if kernel is None else kernel.impl
+        )
+        self.backend = "reference" if kernel is None else kernel.backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.to(torch.float32)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        if torch.compiler.is_compiling():
+            # Traced, Inductor fuses the reference with its neighbours (the residual add); a backend kernel would be
+            # a graph break at every norm.
+            return norm_ops.rms_norm(x, self.weight, self.eps)
+        return self.impl(x, self.weight, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"hidden={self.weight.shape[0]}, eps={self.eps}, op={self.op}, backend={self.backend}"
 
 
 class Stacked(nn.Module):
@@ -416,11 +434,11 @@ class DecoderModel(nn.Module):
         return self.lm_head(hidden), hidden
 
     def kernel_meta(self) -> dict[str, str]:
-        """Which backend runs each op: {op: backend} over every linear, the cached attention and the KV cache
-        write (several backends for one op are joined with commas)."""
+        """Which backend runs each op: {op: backend} over every linear and norm, the cached attention and the KV
+        cache write (several backends for one op are joined with commas)."""
         seen: dict[str, set[str]] = {}
         for module in self.modules():
-            if isinstance(module, RuntimeLinear):
+            if isinstance(module, (RuntimeLinear, RMSNorm)):
                 seen.setdefault(module.op, set()).add(module.backend)
         for op in (ATTENTION_OP, WRITE_OP):
             choice = self.kernels.choose(op)
@@ -446,6 +464,11 @@ def _assemble(
     """Build the model from `linear(name, out, in, bias)` and `tensor(name)` with transformers' names
     (model.layers.3.self_attn.q_proj); a None `lm_head` ties it to the embedding."""
     hidden, kv_width = args.hidden_size, args.num_kv_heads * args.head_dim
+    norm_kernel = kernels.choose(NORM_OP)
+
+    def rms_norm(name: str) -> RMSNorm:
+        return RMSNorm(tensor(name), args.rms_norm_eps, norm_kernel)
+
     layers = []
     for i in range(args.num_layers):
         prefix = f"model.layers.{i}"
@@ -462,15 +485,15 @@ def _assemble(
         down = linear(f"{prefix}.mlp.down_proj", hidden, args.intermediate_size, args.mlp_bias)
         layers.append(
             DecoderLayer(
-                RMSNorm(tensor(f"{prefix}.input_layernorm.weight"), args.rms_norm_eps),
+                rms_norm(f"{prefix}.input_layernorm.weight"),
                 Attention(args, i, _stack(qkv, fuse), o_proj),
-                RMSNorm(tensor(f"{prefix}.post_attention_layernorm.weight"), args.rms_norm_eps),
+                rms_norm(f"{prefix}.post_attention_layernorm.weight"),
                 MLP(_stack(gate_up, fuse), down, args.intermediate_size),
             )
         )
     embed = tensor("model.embed_tokens.weight")
     head = lm_head if lm_head is not None else DenseLinear(embed)
-    norm = RMSNorm(tensor("model.norm.weight"), args.rms_norm_eps)
+    norm = rms_norm("model.norm.weight")
     return DecoderModel(args, embed, layers, norm, head, kernels, kv_format).eval()
 
 

@@ -18,6 +18,7 @@ from accel.quantization.activation_quant import ActivationQuantArgs, quantize_ac
 from accel.quantization.kernels.reference import dequant_linear
 from accel.quantization.weight_quant import WeightQuantArgs, quantize
 from accel.runtime.kv_ops import KV_FORMATS, KVTensors, cached_attention, kv_cache_write, kv_dequantize, kv_quantize
+from accel.runtime.norm_ops import rms_norm
 from accel.runtime.packing import pack_int32, packed_columns, unpack_int32
 
 InputMaker = Callable[[torch.Generator, str, torch.dtype], tuple[Any, ...]]
@@ -385,6 +386,23 @@ def _kv_cache_write_observe(args: tuple[Any, ...]) -> torch.Tensor:
     return torch.stack([keys, values])
 
 
+def _rms_norm_inputs(
+    gen: torch.Generator,
+    device: str,
+    dtype: torch.dtype,
+    *,
+    shape: tuple[int, ...],
+    eps: float,
+    weight_dtype: torch.dtype | None = None,
+) -> tuple[Any, ...]:
+    # Rows of very different magnitudes (1e-2 .. 1e2: the normalization must undo each); a weight around 1 with
+    # spread, as trained norms are; hidden sizes off every power of two.
+    rows = math.prod(shape[:-1])
+    x = torch.randn(*shape, generator=gen) * torch.logspace(-2, 2, rows).reshape(*shape[:-1], 1)
+    weight = 1.0 + 0.5 * torch.randn(shape[-1], generator=gen)
+    return (x.to(device=device, dtype=dtype), weight.to(device=device, dtype=weight_dtype or dtype), eps)
+
+
 OPS: dict[str, OpSpec] = {
     "dequant_linear": OpSpec(
         name="dequant_linear",
@@ -467,5 +485,22 @@ OPS: dict[str, OpSpec] = {
         doc="quantize new K and V tokens (none/int8/fp8/int4) and store them at their positions of a static KV "
         "cache, in place",
         observe=_kv_cache_write_observe,
+    ),
+    "rms_norm": OpSpec(
+        name="rms_norm",
+        reference=rms_norm,
+        # Hidden 200 at 3 rows; a decode row of SmolLM2's 576; leading dims [2, 3, H] with an fp32 weight (the
+        # product promotes to fp32); 17 rows of 1000.
+        make_inputs=functools.partial(_rms_norm_inputs, shape=(3, 200), eps=1e-5),
+        variants=(
+            functools.partial(_rms_norm_inputs, shape=(1, 576), eps=1e-6),
+            functools.partial(_rms_norm_inputs, shape=(2, 3, 576), eps=1e-5, weight_dtype=torch.float32),
+            functools.partial(_rms_norm_inputs, shape=(17, 1000), eps=1e-6),
+        ),
+        # A kernel sums the squares in its own order: ~1e-6 relative in float32 before the cast to x's dtype, so
+        # a rare element rounds to the neighbouring bf16 / fp16 value (2^-8 relative), then times the weight.
+        rtol=4e-3,
+        atol=1e-5,
+        doc="RMSNorm over the last dimension: float32 mean of squares and rsqrt, cast to x's dtype, times weight",
     ),
 }

@@ -61,6 +61,18 @@ def test_torch_compile_traces_through_the_block_sparse_op():
     torch.testing.assert_close(compiled(x), step(x))
 
 
+def test_torch_compile_traces_through_the_norm_op():
+    """rms_norm between a residual add and a product, leading dims [2, 3, H] and a float32 weight (promoting)."""
+    x, weight, eps = OPS["rms_norm"].variants[1](torch.Generator().manual_seed(0), "cpu", torch.bfloat16)
+
+    def step(x, residual):
+        return torch.ops.accel.rms_norm(x + residual, weight, eps) * 2
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, x), step(x, x), rtol=0, atol=0)
+    assert compiled(x, x).dtype == torch.float32
+
+
 @pytest.mark.parametrize("case", [0, 2, 6], ids=["none", "int8", "int4"])  # None scales; a scale; scale and zero
 def test_torch_compile_functionalizes_the_cache_write(case):
     """kv_cache_write mutates its (Optional) stores: compiled, the stores change exactly as in eager mode, and a

@@ -1,5 +1,6 @@
 """The runtime decoder against transformers: the bundled SmolLM2 in float32 (prefill and decode logits), and tiny
-random Llama (llama3 RoPE scaling, untied head), Qwen2 (q/k/v biases) and Mistral models for the other shapes."""
+random Llama (llama3 RoPE scaling, untied head), Qwen2 (q/k/v biases) and Mistral models for the other shapes; its
+norms through the registry's rms_norm kernel, eager and compiled."""
 
 from __future__ import annotations
 
@@ -18,9 +19,15 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from accel.plugins import KernelBackendSpec, load_registry
+from accel.plugins.backend import BackendPlugin
+from accel.plugins.loader import PluginPolicy
+from accel.plugins.registry import PluginRegistry
 from accel.runtime.loaders import load_model
 from accel.runtime.model import RANDOM_QUANT, DecoderModel, ModelArgs, from_hf, from_state_dict, random_model
+from accel.runtime.norm_ops import rms_norm
 from accel.runtime.quant_backend import DenseLinear, RuntimeLinear
+from accel.schema import CapabilityDescriptor
 
 PROMPT = "The capital of France is a city that"
 # float32 on both sides: the same operations in the same order up to matmul blocking, so far under 1e-4.
@@ -80,7 +87,9 @@ def test_bundled_logits_match_transformers(bundled) -> None:
     got, expected = run_both(hf, runtime, ids, steps)
     assert relative_error(got[: len(ids)], expected[: len(ids)]) < RELATIVE  # prefill
     assert relative_error(got[len(ids) :], expected[len(ids) :]) < RELATIVE  # decode through the cache
-    assert runtime.kernel_meta() == {"cached_attention": "reference", "kv_cache_write": "reference", "linear": "torch"}
+    assert runtime.kernel_meta() == {
+        "cached_attention": "reference", "kv_cache_write": "reference", "linear": "torch", "rms_norm": "reference"
+    }
 
 
 @pytest.mark.slow
@@ -215,3 +224,63 @@ def test_stacked_projections_equal_separate_ones(quant: str) -> None:
         got = fused.prefill(tokens, lengths, fused.new_cache(1, 8), all_logits=True)
         expected = separate.prefill(tokens, lengths, separate.new_cache(1, 8), all_logits=True)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- the norm op
+
+
+def registry_with_norm_kernel(calls: list[tuple[int, ...]]) -> PluginRegistry:
+    """A registry whose CPU backend serves rms_norm (core's reference, recording each call's shape), registered as a
+    third party's would be: the model must take its norms' kernel from the registry."""
+
+    def kernel(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        calls.append(tuple(x.shape))
+        return rms_norm(x, weight, eps)
+
+    spec = KernelBackendSpec(
+        name="cpu-rms-norm",
+        description="core's rms_norm served as a backend kernel on the CPU (test plugin)",
+        device_type="cpu",
+        is_available=lambda: True,
+        capability=lambda: CapabilityDescriptor(device_name="cpu", device_type="cpu"),
+        kernels=lambda: {"rms_norm": kernel},
+        priority=1,
+    )
+    registry = load_registry(PluginPolicy())
+    registry.manager.register(BackendPlugin(spec), name="cpu-rms-norm")
+    return registry
+
+
+def test_every_norm_runs_the_selected_kernel() -> None:
+    """2 norms per layer and the final one, each one call of the registry's kernel; the logits are the reference
+    model's, and kernel_meta names the backend."""
+    calls: list[tuple[int, ...]] = []
+    config = small(LlamaConfig)
+    runtime = random_model(config, dtype=torch.bfloat16, registry=registry_with_norm_kernel(calls))
+    plain = random_model(config, dtype=torch.bfloat16)
+    assert (runtime.kernel_meta()["rms_norm"], plain.kernel_meta()["rms_norm"]) == ("cpu-rms-norm", "reference")
+    tokens, lengths = torch.tensor([[3, 1, 4, 1, 5]]), torch.tensor([5])
+    with torch.no_grad():
+        got = runtime.prefill(tokens, lengths, runtime.new_cache(1, 8), all_logits=True)
+        expected = plain.prefill(tokens, lengths, plain.new_cache(1, 8), all_logits=True)
+    assert calls == [(1, 5, 64)] * (2 * config.num_hidden_layers + 1)
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("backend_kernel", [False, True], ids=["reference", "backend"])
+def test_a_compiled_decode_step_equals_the_eager_one(backend_kernel: bool) -> None:
+    """The decode step under torch.compile, as Generator(compile=True) runs it: the norms trace the reference into
+    the graph (fullgraph) even where a backend's kernel runs them eagerly, so Inductor can fuse them."""
+    calls: list[tuple[int, ...]] = []
+    runtime = random_model(
+        small(LlamaConfig), dtype=torch.float32, registry=registry_with_norm_kernel(calls) if backend_kernel else None
+    )
+    outputs = []
+    for compiled in (False, True):
+        cache = runtime.new_cache(2, 16)
+        step = torch.compile(runtime.decode, backend="aot_eager", fullgraph=True)
+        with torch.no_grad():
+            runtime.prefill(torch.tensor([[1, 2, 3], [4, 5, 0]]), torch.tensor([3, 2]), cache)
+            outputs.append((step if compiled else runtime.decode)(torch.tensor([[7], [8]]), cache))
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
+    assert len(calls) == (3 * 5 if backend_kernel else 0)  # eager: 2 prefills and 1 decode, 5 norms each

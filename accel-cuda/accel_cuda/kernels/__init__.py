@@ -13,6 +13,7 @@ __all__ = [
     "dequant_linear",
     "fp8_linear",
     "kv_cache_write",
+    "rms_norm",
     "triton_available",
     "w4a16_linear",
     "w4a16_prepare",
@@ -163,3 +164,10 @@ def kv_cache_write(
     from accel_cuda.kernels.kv_write import kv_cache_write as impl
 
     impl(k, v, positions, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, fmt, **kwargs)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, **kwargs: Any) -> torch.Tensor:
+    """RMSNorm in one launch (accel_cuda.kernels.norm.rms_norm), imported on first call."""
+    from accel_cuda.kernels.norm import rms_norm as impl
+
+    return impl(x, weight, eps, **kwargs)
