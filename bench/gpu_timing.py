@@ -37,6 +37,31 @@ def graph_us(calls: list[Callable[[], object]], n_calls: int, quick: bool = Fals
     return ms * 1e3 / len(calls)
 
 
+def eager_us(calls: list[Callable[[], object]]) -> float:
+    """Microseconds per call, calls issued eagerly back to back and synchronized once (host or device bound)."""
+    for call in calls:
+        call()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(3):
+        for call in calls:
+            call()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / (3 * len(calls)) * 1e6
+
+
+def fused_vs_reference(
+    ref: list[Callable[[], object]], ours: list[Callable[[], object]], n_calls: int, quick: bool = False
+) -> dict[str, float]:
+    """A fused kernel against the reference torch chain it replaces, on the same calls: graph-timed (device time,
+    as in a captured step) and eager (host launches included), with both speed-ups."""
+    ref_us, fused_us = graph_us(ref, n_calls, quick), graph_us(ours, n_calls, quick)
+    ref_eager = eager_us([ref[i % len(ref)] for i in range(n_calls)])
+    fused_eager = eager_us([ours[i % len(ours)] for i in range(n_calls)])
+    return {"ref_us": ref_us, "fused_us": fused_us, "x_graph": ref_us / fused_us, "ref_eager_us": ref_eager,
+            "fused_eager_us": fused_eager, "x_eager": ref_eager / fused_eager}
+
+
 def host_us(call: Callable[[], object], n: int = 200) -> float:
     """Host time to enqueue one call (eager, no graph), microseconds."""
     call()

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 import triton
 from common import environment, write_results
-from gpu_timing import graph_us
+from gpu_timing import fused_vs_reference
 
 from accel.runtime.kv_ops import KV_FORMATS, kv_cache_write, kv_quantize, kv_token_bytes
 
@@ -61,19 +61,6 @@ def make_inputs(batch: int, tokens: int, seed: int) -> tuple[torch.Tensor, torch
     return k, v, positions
 
 
-def eager_us(calls: list[Callable[[], object]]) -> float:
-    """Microseconds per call, calls issued eagerly back to back and synchronized once (host or device bound)."""
-    for call in calls:
-        call()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(3):
-        for call in calls:
-            call()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / (3 * len(calls)) * 1e6
-
-
 def exact(fmt: str, batch: int, tokens: int, kernel: Callable[..., None]) -> bool:
     """The kernel's stores equal the reference's, byte for byte, on one write."""
     k, v, positions = make_inputs(batch, tokens, seed=99)
@@ -104,9 +91,7 @@ def main() -> None:
             layers = [make_stores(fmt, batch) for _ in range(LAYERS)]
             ref = [functools.partial(kv_cache_write, k, v, positions, *s, fmt) for s in layers]
             ours = [functools.partial(kernel, k, v, positions, *s, fmt) for s in layers]
-            ref_us, fused_us = graph_us(ref, CALLS, args.quick), graph_us(ours, CALLS, args.quick)
-            ref_eager = eager_us([ref[i % LAYERS] for i in range(CALLS)])
-            fused_eager = eager_us([ours[i % LAYERS] for i in range(CALLS)])
+            timed = fused_vs_reference(ref, ours, CALLS, args.quick)
             # Bytes a write must move: K/V in (bf16) and the stored codes, scales and zero points out.
             moved = 2 * batch * HKV * tokens * (D * 2 + kv_token_bytes(fmt, D))
             cfg = plan(tokens, D)
@@ -115,14 +100,9 @@ def main() -> None:
                 "batch": batch,
                 "tokens": tokens,
                 "fmt": fmt,
-                "ref_us": ref_us,
-                "fused_us": fused_us,
-                "x_graph": ref_us / fused_us,
-                "ref_eager_us": ref_eager,
-                "fused_eager_us": fused_eager,
-                "x_eager": ref_eager / fused_eager,
-                "step_ms": (ref_us - fused_us) * MODEL_LAYERS / 1e3,
-                "fused_GBps": moved / (fused_us * 1e-6) / 1e9,
+                **timed,
+                "step_ms": (timed["ref_us"] - timed["fused_us"]) * MODEL_LAYERS / 1e3,
+                "fused_GBps": moved / (timed["fused_us"] * 1e-6) / 1e9,
                 "exact": exact(fmt, batch, tokens, kernel),
                 "plan": f"bt{cfg.block_t} w{cfg.num_warps}",
             }

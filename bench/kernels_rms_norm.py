@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 import triton
 from common import environment, write_results
-from gpu_timing import graph_us
+from gpu_timing import fused_vs_reference
 
 from accel.runtime.norm_ops import rms_norm
 
@@ -45,19 +45,6 @@ def make_inputs(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.randn(rows, HIDDEN, generator=gen, device="cuda") * torch.logspace(-1, 1, rows, device="cuda")[:, None]
     weight = 1.0 + 0.1 * torch.randn(HIDDEN, generator=gen, device="cuda")
     return x.bfloat16(), weight.bfloat16()
-
-
-def eager_us(calls: list[Callable[[], object]]) -> float:
-    """Microseconds per call, calls issued eagerly back to back and synchronized once (host or device bound)."""
-    for call in calls:
-        call()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(3):
-        for call in calls:
-            call()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / (3 * len(calls)) * 1e6
 
 
 def agreement(rows: int, kernel: Callable[..., torch.Tensor]) -> tuple[float, int]:
@@ -85,23 +72,16 @@ def main() -> None:
         pairs = [make_inputs(rows, seed=rows + i) for i in range(LAYERS)]
         ref = [functools.partial(rms_norm, x, w, EPS) for x, w in pairs]
         ours = [functools.partial(kernel, x, w, EPS) for x, w in pairs]
-        ref_us, fused_us = graph_us(ref, CALLS, args.quick), graph_us(ours, CALLS, args.quick)
-        ref_eager = eager_us([ref[i % LAYERS] for i in range(CALLS)])
-        fused_eager = eager_us([ours[i % LAYERS] for i in range(CALLS)])
+        timed = fused_vs_reference(ref, ours, CALLS, args.quick)
         moved = 2 * rows * HIDDEN * 2 + HIDDEN * 2  # bf16 x read and out written, the weight read
         differ, max_ulps = agreement(rows, kernel)
         cfg = plan(rows, HIDDEN)
         row = {
             "phase": phase,
             "rows": rows,
-            "ref_us": ref_us,
-            "fused_us": fused_us,
-            "x_graph": ref_us / fused_us,
-            "ref_eager_us": ref_eager,
-            "fused_eager_us": fused_eager,
-            "x_eager": ref_eager / fused_eager,
-            "forward_ms": (ref_us - fused_us) * NORMS_PER_FORWARD / 1e3,
-            "fused_GBps": moved / (fused_us * 1e-6) / 1e9,
+            **timed,
+            "forward_ms": (timed["ref_us"] - timed["fused_us"]) * NORMS_PER_FORWARD / 1e3,
+            "fused_GBps": moved / (timed["fused_us"] * 1e-6) / 1e9,
             "differ": differ,
             "max_ulps": max_ulps,
             "plan": f"bm{cfg.block_m} w{cfg.num_warps}",
