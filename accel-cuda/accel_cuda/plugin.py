@@ -1,9 +1,11 @@
 """accel-cuda's hooks: registers the CUDA backend and answers kernel selection only for ops it has.
 
 The kernel table holds the Triton kernels (when Triton is installed): W4A16 and W8A16 (dequant_linear) linear, int8
-and fp8 W8A8 linear, flash-decoding attention over the static KV cache and the fused write into it, and RMSNorm;
-every other op on a CUDA device falls through to core's portable reference. Importing this module does not import
-Triton.
+and fp8 W8A8 linear, flash-decoding attention over the static KV cache and the fused write into it, RMSNorm, RoPE
+on q and k in one launch, the residual add fused into RMSNorm (add_rms_norm), and SwiGLU's silu(gate) * up
+(silu_and_mul); the W8A8 activation quantization fused into the norms and SwiGLU (rms_norm_quant, add_rms_norm_quant,
+silu_and_mul_quant) and the W8A8 GEMM on those codes (w8a8_scaled_mm); every other op on a CUDA device falls through
+to core's portable reference. Importing this module does not import Triton.
 """
 
 from __future__ import annotations
@@ -22,15 +24,22 @@ def kernels() -> dict[str, Callable[..., Any]]:
     """This backend's own kernels by op name (Triton ones only where Triton is installed); ops not here run
     the reference kernels. Imported here, lazily, so that loading the plugin stays free of Triton."""
     from accel_cuda.kernels import (
+        add_rms_norm,
+        add_rms_norm_quant,
         cached_attention,
         dequant_linear,
         fp8_linear,
         kv_cache_write,
         rms_norm,
+        rms_norm_quant,
+        rotary_embedding,
+        silu_and_mul,
+        silu_and_mul_quant,
         triton_available,
         w4a16_linear,
         w4a16_sparse24_linear,
         w8a8_int8_linear,
+        w8a8_scaled_mm,
     )
 
     if not triton_available():
@@ -44,6 +53,13 @@ def kernels() -> dict[str, Callable[..., Any]]:
         "cached_attention": cached_attention,
         "kv_cache_write": kv_cache_write,
         "rms_norm": rms_norm,
+        "rotary_embedding": rotary_embedding,
+        "add_rms_norm": add_rms_norm,
+        "silu_and_mul": silu_and_mul,
+        "rms_norm_quant": rms_norm_quant,
+        "add_rms_norm_quant": add_rms_norm_quant,
+        "silu_and_mul_quant": silu_and_mul_quant,
+        "w8a8_scaled_mm": w8a8_scaled_mm,
     }
 
 
@@ -55,8 +71,10 @@ def accel_register_kernel_backends() -> list[KernelBackendSpec]:
             name=BACKEND,
             description=(
                 "NVIDIA GPUs through PyTorch CUDA: Triton W4A16 (dense and 2:4-sparse), W8A16 and W8A8 (int8, fp8) "
-                "linear, flash-decoding over the quantized KV cache and its fused quantize-and-write, fused RMSNorm; "
-                "portable reference kernels otherwise"
+                "linear, flash-decoding over the quantized KV cache and its fused quantize-and-write, fused RMSNorm, "
+                "fused RoPE (q and k in one launch), fused residual add + RMSNorm and SwiGLU silu-and-mul, W8A8 "
+                "activation quantization fused into RMSNorm / add + RMSNorm / silu-and-mul and the W8A8 GEMM on those "
+                "codes; portable reference kernels otherwise"
             ),
             device_type=CudaPlatform.device_type,
             is_available=CudaPlatform.is_available,

@@ -1,14 +1,15 @@
 """The fused RMSNorm on a real GPU: close to float64, within fp rounding of torch's reference on the same device (the
 sum of squares added in another order: ~1e-6 relative in float32, rare one-ulp differences after a 16-bit cast),
 odd sizes and strided layouts, CUDA-graph replay, and wherever the runtime reaches it (the registry, the custom op,
-the model's norms eager, compiled and captured)."""
+the model's norms eager, compiled and captured). add_rms_norm, the residual add fused into the same kernel: h
+bit for bit equal to torch's x + residual, the normalized h within the same bounds."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from accel.runtime.norm_ops import rms_norm
+from accel.runtime.norm_ops import add_rms_norm, rms_norm
 from accel.runtime.ops import OPS
 
 pytestmark = [
@@ -219,3 +220,115 @@ def test_compiled_decode_step_with_the_kernel_matches_eager():
             runtime.prefill(prompts, lengths, cache)
             outputs.append(decode(torch.tensor([[7], [8]], device="cuda"), cache))
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+
+
+# add_rms_norm: the residual add fused into the norm (same kernel, ADD_RESIDUAL).
+def add_kernel(*args, **kwargs):
+    from accel_cuda.kernels.norm import add_rms_norm as impl
+
+    return impl(*args, **kwargs)
+
+
+def make_pair(shape, dtype, weight_dtype=None, ones=False):
+    """make's x as the update, and a residual stream whose rows run the other way (1e3 .. 1e-3)."""
+    x, weight = make(shape, dtype, weight_dtype, ones)
+    gen = torch.Generator(device="cuda").manual_seed(19000 + next(_seed))
+    rows = torch.logspace(3, -3, torch.Size(shape[:-1]).numel(), device="cuda").reshape(*shape[:-1], 1)
+    return x, (torch.randn(*shape, generator=gen, device="cuda") * rows).to(dtype), weight
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_add_rms_norm_h_is_torchs_sum_and_the_norm_within_rms_norms_bounds(dtype, shape):
+    x, residual, weight = make_pair(shape, dtype)
+    normed, h = add_kernel(x, residual, weight, 1e-5)
+    want_normed, want_h = add_rms_norm(x, residual, weight, 1e-5)
+    assert h.dtype == dtype and h.shape == x.shape and torch.equal(h, want_h)  # bit for bit: the residual stream
+    assert normed.dtype == want_normed.dtype == dtype and normed.shape == x.shape
+    truth = float64_truth(want_h, weight, 1e-5)
+    error = float(((normed.double() - truth).norm(dim=-1) / truth.norm(dim=-1)).max())
+    assert error < BOUND_F64[dtype], f"relative error against float64 {error:.2e}"
+    rel = (normed.double() - want_normed.double()).abs() / want_normed.double().abs().clamp_min(1e-30)
+    if dtype == torch.float32:
+        assert float(rel.max()) < FP32_ELEMENT
+    else:
+        assert float(rel.max()) <= 2 * ULP[dtype]
+        assert int((normed != want_normed).sum()) <= max(8, 2e-3 * normed.numel())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_add_rms_norm_normalized_row_is_at_most_one_ulp_from_the_reference(dtype):
+    x, residual, weight = make_pair((2048, 4096), dtype, ones=True)
+    normed, h = add_kernel(x, residual, weight, 1e-6)
+    want_normed, want_h = add_rms_norm(x, residual, weight, 1e-6)
+    assert torch.equal(h, want_h)
+    d = ulps(normed, want_normed)
+    assert int(d.max()) <= 1
+    assert int((d > 0).sum()) <= 1e-3 * d.numel(), f"{int((d > 0).sum())} of {d.numel()} elements one ulp away"
+
+
+@pytest.mark.parametrize(("x_dtype", "w_dtype"), [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)])
+def test_add_rms_norm_mixed_dtypes_promote_as_torch_does(x_dtype, w_dtype):
+    x, residual, weight = make_pair((9, 576), x_dtype, w_dtype)
+    (normed, h), (want_normed, want_h) = add_kernel(x, residual, weight, 1e-5), add_rms_norm(x, residual, weight, 1e-5)
+    assert normed.dtype == want_normed.dtype == torch.promote_types(x_dtype, w_dtype) and h.dtype == x_dtype
+    assert torch.equal(h, want_h)
+    torch.testing.assert_close(normed, want_normed, rtol=2 * ULP.get(x_dtype, FP32_ELEMENT), atol=0)
+
+
+def test_add_rms_norm_layouts_it_takes_and_layouts_it_leaves_to_the_reference(monkeypatch):
+    from accel_cuda.kernels import norm
+
+    base, _ = make((6, 256), torch.bfloat16)
+    both = torch.randn(5, 2, 576, device="cuda").bfloat16()
+    w = torch.randn(400, device="cuda").bfloat16()
+    taken = [
+        (base[:, :200], torch.randn(1, 200, device="cuda").bfloat16().expand(6, 200), w[::2]),  # slice; expanded
+        (both[:, 0], both[:, 1], torch.ones(576, device="cuda").bfloat16()),  # two halves of one tensor
+    ]
+    for x, residual, weight in taken:
+        monkeypatch.setattr(norm, "add_reference", no_fallback)
+        normed, h = norm.add_rms_norm(x, residual, weight, 1e-6)
+        monkeypatch.undo()
+        want_normed, want_h = add_rms_norm(x, residual, weight, 1e-6)
+        assert torch.equal(h, want_h)
+        torch.testing.assert_close(normed, want_normed, rtol=2 * ULP[torch.bfloat16], atol=0)
+    column_major = base.T.contiguous().T  # [6, 256], last dimension of stride 6
+    left = [
+        (column_major, base, w[:256]),  # x's last dimension strided
+        (base, column_major, w[:256]),  # residual's
+        (base.reshape(3, 2, 256), base.reshape(2, 3, 256).transpose(0, 1), w[:256]),  # residual rows do not collapse
+        (base.double(), base.double(), w[:256].double()),
+    ]
+    for x, residual, weight in left:
+        got, want = norm.add_rms_norm(x, residual, weight, 1e-6), add_rms_norm(x, residual, weight, 1e-6)
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_add_rms_norm_cuda_graph_replays_with_new_rows():
+    x, residual, weight = make_pair((16, 4096), torch.bfloat16)
+    add_kernel(x, residual, weight, 1e-5)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        normed, h = add_kernel(x, residual, weight, 1e-5)
+    for _ in range(3):
+        fresh_x, fresh_residual, _ = make_pair((16, 4096), torch.bfloat16)
+        x.copy_(fresh_x)
+        residual.copy_(fresh_residual)
+        graph.replay()
+        want_normed, want_h = add_kernel(x, residual, weight, 1e-5)
+        assert torch.equal(normed, want_normed) and torch.equal(h, want_h) and torch.equal(h, x + residual)
+
+
+def test_add_rms_norm_registry_and_custom_op_run_the_kernel():
+    from accel.runtime.custom_ops import kernel_choice
+
+    assert kernel_choice("add_rms_norm", "cuda").backend == "cuda"
+    op = OPS["add_rms_norm"]
+    for case, make_inputs in enumerate(op.input_makers):
+        for dtype in DTYPES:
+            args = make_inputs(torch.Generator().manual_seed(case), "cuda", dtype)
+            (normed, h), (want_normed, want_h) = torch.ops.accel.add_rms_norm(*args), op.reference(*args)
+            assert torch.equal(h, want_h)
+            scale = 1.0 if dtype == torch.float32 else 4.0  # as the conformance kit allows 16-bit outputs
+            torch.testing.assert_close(normed, want_normed, rtol=op.rtol * scale, atol=op.atol * scale)

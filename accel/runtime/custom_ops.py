@@ -24,6 +24,8 @@ from accel.plugins.records import KernelChoice
 from accel.runtime.ops import OPS
 
 __all__ = [
+    "add_rms_norm",
+    "add_rms_norm_quant",
     "block_sparse_linear",
     "cached_attention",
     "dequant_linear",
@@ -31,9 +33,14 @@ __all__ = [
     "kernel_choice",
     "kv_cache_write",
     "rms_norm",
+    "rms_norm_quant",
+    "rotary_embedding",
+    "silu_and_mul",
+    "silu_and_mul_quant",
     "w4a16_linear",
     "w4a16_sparse24_linear",
     "w8a8_int8_linear",
+    "w8a8_scaled_mm",
 ]
 
 # A backend's CapabilityDescriptor.device_type -> the torch device type its tensors live on.
@@ -216,3 +223,101 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 @rms_norm.register_fake
 def _(x, weight, eps):  # type: ignore[no-untyped-def]
     return torch.empty_like(x, dtype=torch.promote_types(weight.dtype, x.dtype))
+
+
+@torch.library.custom_op("accel::rotary_embedding", mutates_args=())
+def rotary_embedding(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """accel.runtime.rope_ops.rotary_embedding (q and k rotated, new contiguous tensors), on the selected kernel."""
+    return kernel_choice("rotary_embedding", q.device.type).impl(q, k, cos, sin)
+
+
+@rotary_embedding.register_fake
+def _(q, k, cos, sin):  # type: ignore[no-untyped-def]
+    return q.new_empty(q.shape), k.new_empty(k.shape)
+
+
+@torch.library.custom_op("accel::add_rms_norm", mutates_args=())
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """accel.runtime.norm_ops.add_rms_norm ((normed, h), new tensors), on the selected kernel."""
+    return kernel_choice("add_rms_norm", x.device.type).impl(x, residual, weight, eps)
+
+
+@add_rms_norm.register_fake
+def _(x, residual, weight, eps):  # type: ignore[no-untyped-def]
+    return torch.empty_like(x, dtype=torch.promote_types(weight.dtype, x.dtype)), torch.empty_like(x)
+
+
+@torch.library.custom_op("accel::silu_and_mul", mutates_args=())
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """accel.runtime.act_ops.silu_and_mul, on the selected kernel."""
+    return kernel_choice("silu_and_mul", x.device.type).impl(x)
+
+
+@silu_and_mul.register_fake
+def _(x):  # type: ignore[no-untyped-def]
+    return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
+
+
+def _quantized_like(y_shape: torch.Size, x: torch.Tensor, fp8: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fake (codes, scale) of an activation [..., K]: int8 / e4m3 codes [..., K] and float32 scales [..., 1]."""
+    codes = x.new_empty(y_shape, dtype=torch.float8_e4m3fn if fp8 else torch.int8)
+    return codes, x.new_empty((*y_shape[:-1], 1), dtype=torch.float32)
+
+
+@torch.library.custom_op("accel::rms_norm_quant", mutates_args=())
+def rms_norm_quant(x: torch.Tensor, weight: torch.Tensor, eps: float, fp8: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """accel.runtime.fused_quant_ops.rms_norm_quant ((codes, scale) of rms_norm(x)), on the selected kernel."""
+    return kernel_choice("rms_norm_quant", x.device.type).impl(x, weight, eps, fp8)
+
+
+@rms_norm_quant.register_fake
+def _(x, weight, eps, fp8):  # type: ignore[no-untyped-def]
+    return _quantized_like(x.shape, x, fp8)
+
+
+@torch.library.custom_op("accel::add_rms_norm_quant", mutates_args=())
+def add_rms_norm_quant(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, fp8: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """accel.runtime.fused_quant_ops.add_rms_norm_quant ((codes, scale, h), new tensors), on the selected kernel."""
+    return kernel_choice("add_rms_norm_quant", x.device.type).impl(x, residual, weight, eps, fp8)
+
+
+@add_rms_norm_quant.register_fake
+def _(x, residual, weight, eps, fp8):  # type: ignore[no-untyped-def]
+    return (*_quantized_like(x.shape, x, fp8), torch.empty_like(x))
+
+
+@torch.library.custom_op("accel::silu_and_mul_quant", mutates_args=())
+def silu_and_mul_quant(x: torch.Tensor, fp8: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """accel.runtime.fused_quant_ops.silu_and_mul_quant ((codes, scale) of silu_and_mul(x)), on the selected
+    kernel."""
+    return kernel_choice("silu_and_mul_quant", x.device.type).impl(x, fp8)
+
+
+@silu_and_mul_quant.register_fake
+def _(x, fp8):  # type: ignore[no-untyped-def]
+    return _quantized_like(torch.Size((*x.shape[:-1], x.shape[-1] // 2)), x, fp8)
+
+
+@torch.library.custom_op("accel::w8a8_scaled_mm", mutates_args=())
+def w8a8_scaled_mm(
+    x_codes: torch.Tensor,
+    x_scale: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """accel.runtime.ops.w8a8_scaled_mm (the W8A8 GEMM on quantized activations), on the selected kernel."""
+    impl = kernel_choice("w8a8_scaled_mm", x_codes.device.type).impl
+    return impl(x_codes, x_scale, weight, weight_scale, bias, out_dtype)
+
+
+@w8a8_scaled_mm.register_fake
+def _(x_codes, x_scale, weight, weight_scale, bias, out_dtype):  # type: ignore[no-untyped-def]
+    return x_codes.new_empty((*x_codes.shape[:-1], weight.shape[0]), dtype=out_dtype)

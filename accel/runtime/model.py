@@ -9,6 +9,12 @@ Llama, Mistral, Qwen2 (q/k/v biases) and SmolLM2 shapes, tied embeddings or not.
 
 rms_norm(x) = w * x / sqrt(mean(x^2) + eps), computed in float32 and cast back, as transformers does (op rms_norm:
 one kernel launch where the device's backend has one).
+
+The step's small elementwise work runs as fused kernel ops where the device's backend has them (vLLM's fusions):
+each residual add with the norm after it (add_rms_norm: the layers pass the running residual along, so
+`h = x + attn` is computed inside the next norm), RoPE on q and k together (rotary_embedding), and SwiGLU's
+silu(gate) * up (silu_and_mul). In eager torch these were ~16 kernels a layer, 1-3 us each in a CUDA graph. Under
+torch.compile every one of them traces its reference, which Inductor fuses itself.
 RoPE rotates each (i, i + d/2) pair of a head by angle pos * inv_freq[i], inv_freq[i] = theta^(-2i/d) (llama3 and
 linear scaling adjust inv_freq). Attention has GQA: query head j reads KV head j // (heads / kv_heads).
 
@@ -42,9 +48,12 @@ from accel.quantization.weight_quant import FP8_DTYPE, QuantizedWeight, WeightQu
 from accel.runtime import norm_ops
 from accel.runtime.artifact import load_artifact
 from accel.runtime.kv_cache import ATTENTION_OP, WRITE_OP, StaticKVCache, check_kv_format
+from accel.runtime.ops import OPS
 from accel.runtime.quant_backend import (
+    SCALED_MM_OP,
     DenseLinear,
     KernelSelector,
+    QuantizedActivation,
     RuntimeLinear,
     fuse_linears,
     runtime_linear,
@@ -64,6 +73,11 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 ROPE_TYPES = ("default", "linear", "llama3")
 RANDOM_QUANT = ("none", "w4a16", "w4a16-asym", "w4a16-2:4", "w8a16", "w8a8-int8", "w8a8-fp8")
 NORM_OP = "rms_norm"
+ADD_NORM_OP = "add_rms_norm"
+ROPE_OP = "rotary_embedding"
+ACT_OP = "silu_and_mul"
+NORM_QUANT_OP = "rms_norm_quant"
+ADD_NORM_QUANT_OP = "add_rms_norm_quant"
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -169,24 +183,48 @@ def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
     return torch.where(medium, smoothed, scaled)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """(x1, x2) -> (-x2, x1) over the two halves of head_dim."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 # ---------------------------------------------------------------------------------------------- layers
+
+
+class FusedOp:
+    """One of the step's fused ops (add_rms_norm, rotary_embedding, silu_and_mul, the *_quant ones): the kernel the
+    registry chose for the device, run eagerly; its portable reference (ops.OPS) where no backend has one, and always
+    under torch.compile (traced, so Inductor fuses it with its neighbours; a backend kernel would be a graph
+    break)."""
+
+    def __init__(self, op: str, kernel: KernelChoice | None) -> None:
+        self.op = op
+        self.reference: Callable[..., Any] = OPS[op].reference
+        self.impl = self.reference if kernel is None else kernel.impl
+        self.backend = "reference" if kernel is None else kernel.backend
+
+    def __call__(self, *args: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return self.reference(*args)
+        return self.impl(*args)
+
+
+Activation = torch.Tensor | QuantizedActivation  # a linear's input: 16-bit, or quantized by the kernel before it
 
 
 class RMSNorm(nn.Module):
     """w * x / sqrt(mean(x^2) + eps) over the last dimension, in float32, cast back before the weight: op rms_norm
-    (norm_ops.rms_norm is the contract) on the kernel the registry chose for the device, else the reference.
+    (norm_ops.rms_norm is the contract) on the kernel the registry chose for the device, else the reference;
+    `add` is the residual add fused in front of it (op add_rms_norm).
 
-    A backend's kernel is one launch where the reference chain is ~7, 65 times per Llama-3-8B forward."""
+    A backend's kernel is one launch where the reference chain is ~7, 65 times per Llama-3-8B forward. When the
+    linear it feeds takes quantized activations (W8A8, dynamic per token), `quantize_output` makes the norm emit
+    them directly (ops rms_norm_quant / add_rms_norm_quant): the linear's own quantization launch goes away."""
 
     op = NORM_OP
 
-    def __init__(self, weight: torch.Tensor, eps: float, kernel: KernelChoice | None = None) -> None:
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        eps: float,
+        kernel: KernelChoice | None = None,
+        add_kernel: KernelChoice | None = None,
+    ) -> None:
         super().__init__()
         self.eps = eps
         self.register_buffer("weight", weight)
@@ -194,16 +232,37 @@ class RMSNorm(nn.Module):
             norm_ops.rms_norm if kernel is None else kernel.impl
         )
         self.backend = "reference" if kernel is None else kernel.backend
+        self.add_op = FusedOp(ADD_NORM_OP, add_kernel)
+        self.quant: str | None = None  # "int8" / "fp8": outputs are QuantizedActivation
+        self.quant_ops: tuple[FusedOp, FusedOp] | None = None  # (rms_norm_quant, add_rms_norm_quant)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def quantize_output(self, fmt: str, kernels: KernelSelector) -> None:
+        """From now on emit activations quantized per token to `fmt` ("int8" / "fp8"), as the next linear takes."""
+        self.quant = fmt
+        self.quant_ops = (FusedOp(NORM_QUANT_OP, kernels.choose(NORM_QUANT_OP)),
+                          FusedOp(ADD_NORM_QUANT_OP, kernels.choose(ADD_NORM_QUANT_OP)))
+
+    def forward(self, x: torch.Tensor) -> Activation:
+        if self.quant_ops is not None:
+            codes, scale = self.quant_ops[0](x, self.weight, self.eps, self.quant == "fp8")
+            return QuantizedActivation(codes, scale, x.dtype)
         if torch.compiler.is_compiling():
             # Traced, Inductor fuses the reference with its neighbours (the residual add); a backend kernel would be
             # a graph break at every norm.
             return norm_ops.rms_norm(x, self.weight, self.eps)
         return self.impl(x, self.weight, self.eps)
 
+    def add(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[Activation, torch.Tensor]:
+        """(norm(x + residual), x + residual): a residual add and this norm in one launch."""
+        if self.quant_ops is not None:
+            codes, scale, h = self.quant_ops[1](x, residual, self.weight, self.eps, self.quant == "fp8")
+            return QuantizedActivation(codes, scale, x.dtype), h
+        normed, h = self.add_op(x, residual, self.weight, self.eps)
+        return normed, h
+
     def extra_repr(self) -> str:
-        return f"hidden={self.weight.shape[0]}, eps={self.eps}, op={self.op}, backend={self.backend}"
+        quant = "" if self.quant is None else f", quantized={self.quant}"
+        return f"hidden={self.weight.shape[0]}, eps={self.eps}, op={self.op}, backend={self.backend}{quant}"
 
 
 class Stacked(nn.Module):
@@ -214,8 +273,17 @@ class Stacked(nn.Module):
         super().__init__()
         self.parts = nn.ModuleList(parts)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Activation) -> torch.Tensor:
         return torch.cat([part(x) for part in self.parts], dim=-1)
+
+
+def act_quant(linear: nn.Module) -> str | None:
+    """The activation format ("int8" / "fp8") a linear (or a Stacked group, when every part agrees) takes already
+    quantized per token (RuntimeLinear.act_quant); None: 16-bit activations only."""
+    if isinstance(linear, Stacked):
+        formats = {act_quant(part) for part in linear.parts}
+        return formats.pop() if len(formats) == 1 else None
+    return linear.act_quant if isinstance(linear, RuntimeLinear) else None
 
 
 def _stack(parts: list[RuntimeLinear], fuse: bool) -> nn.Module:
@@ -227,9 +295,17 @@ class Attention(nn.Module):
     """GQA self-attention over RoPE-rotated q and k; prefill attends over the fresh K/V, decode through the
     cache."""
 
-    def __init__(self, args: ModelArgs, index: int, qkv_proj: nn.Module, o_proj: RuntimeLinear) -> None:
+    def __init__(
+        self,
+        args: ModelArgs,
+        index: int,
+        qkv_proj: nn.Module,
+        o_proj: RuntimeLinear,
+        rope_kernel: KernelChoice | None = None,
+    ) -> None:
         super().__init__()
         self.index = index
+        self.rope = FusedOp(ROPE_OP, rope_kernel)
         self.num_heads, self.num_kv_heads, self.head_dim = args.num_heads, args.num_kv_heads, args.head_dim
         self.sizes = [args.num_heads * args.head_dim, *[args.num_kv_heads * args.head_dim] * 2]
         self.sm_scale = args.head_dim**-0.5
@@ -238,23 +314,23 @@ class Attention(nn.Module):
 
     def forward(
         self,
-        x: torch.Tensor,
+        x: Activation,
         cos: torch.Tensor,
         sin: torch.Tensor,
         cache: StaticKVCache,
         positions: torch.Tensor | None,
         seq_lens: torch.Tensor | None,
     ) -> torch.Tensor:
-        """x [B, T, hidden]; cos/sin [B or 1, T, head_dim]. positions None: a prompt at 0 .. T - 1 (prefill);
-        else positions [B, T] of the new tokens and seq_lens [B] the row lengths with them (decode)."""
-        b, t, _ = x.shape
+        """x [B, T, hidden] (or quantized: QuantizedActivation); cos/sin [B or 1, T, head_dim]. positions None: a
+        prompt at 0 .. T - 1 (prefill); else positions [B, T] of the new tokens and seq_lens [B] the row lengths
+        with them (decode)."""
+        b, t = (x.codes if isinstance(x, QuantizedActivation) else x).shape[:2]
         q, k, v = self.qkv_proj(x).split(self.sizes, dim=-1)
-        q = q.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
-        k = k.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
+        q = q.view(b, t, self.num_heads, self.head_dim)  # [B, T, H, D]
+        k = k.view(b, t, self.num_kv_heads, self.head_dim)  # [B, T, Hkv, D]
+        q, k = self.rope(q, k, cos, sin)  # x * cos + rotate_half(x) * sin, one rotation for every head
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, H, T, D], [B, Hkv, T, D]
         v = v.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, T, D]: one rotation for every head
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
         if positions is None:
             cache.write_prompt(self.index, k, v)
             # Right padding: every real query sits before its row's padding, so the causal mask is also the
@@ -272,19 +348,27 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """SwiGLU: down(silu(gate x) * up x)."""
 
-    def __init__(self, gate_up_proj: nn.Module, down_proj: RuntimeLinear, intermediate_size: int) -> None:
+    def __init__(
+        self,
+        gate_up_proj: nn.Module,
+        down_proj: RuntimeLinear,
+        intermediate_size: int,
+        act_kernel: KernelChoice | None = None,
+    ) -> None:
         super().__init__()
         self.gate_up_proj = gate_up_proj
         self.down_proj = down_proj
         self.intermediate_size = intermediate_size
+        self.act = FusedOp(ACT_OP, act_kernel)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
-        return self.down_proj(nn.functional.silu(gate) * up)
+    def forward(self, x: Activation) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_up_proj(x)))  # silu(gate) * up of [gate | up]
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm residual block: x + attention(norm(x)), then + mlp(norm(.))."""
+    """Pre-norm residual block: x + attention(norm(x)), then + mlp(norm(.)). The residual stream is passed along
+    unsummed (vLLM's layout): a layer takes (its input's last branch output, the residual before it) and returns
+    (its MLP's output, the residual after attention), so every residual add runs inside the norm that follows it."""
 
     def __init__(
         self, input_layernorm: RMSNorm, self_attn: Attention, post_attention_layernorm: RMSNorm, mlp: MLP
@@ -303,9 +387,17 @@ class DecoderLayer(nn.Module):
         cache: StaticKVCache,
         positions: torch.Tensor | None,
         seq_lens: torch.Tensor | None,
-    ) -> torch.Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, positions, seq_lens)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        residual: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mlp out, h) with h = stream + attention(norm(stream)) and the stream x (residual None, the first layer)
+        or x + residual; the layer's output is mlp out + h."""
+        if residual is None:
+            normed, residual = self.input_layernorm(x), x
+        else:
+            normed, residual = self.input_layernorm.add(x, residual)
+        attn = self.self_attn(normed, cos, sin, cache, positions, seq_lens)
+        normed, residual = self.post_attention_layernorm.add(attn, residual)
+        return self.mlp(normed), residual
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -403,12 +495,14 @@ class DecoderModel(nn.Module):
         cos, sin = self._rope_tables(cache.max_seq)
         cos, sin = cos[None, :t], sin[None, :t]  # [1, T, D]
         x = nn.functional.embedding(tokens, self.embed_weight)  # [B, T, hidden]
+        residual = None
         for layer in self.layers:
-            x = layer(x, cos, sin, rows, None, None)
+            x, residual = layer(x, cos, sin, rows, None, None, residual)
         rows.seq_lens.copy_(lengths)
         if not all_logits:
-            x = x[torch.arange(b, device=x.device), lengths.to(torch.int64) - 1]  # [B, hidden]
-        hidden = self.norm(x)
+            last = (torch.arange(b, device=x.device), lengths.to(torch.int64) - 1)
+            x, residual = x[last], None if residual is None else residual[last]  # [B, hidden]
+        hidden = self._final_norm(x, residual)
         return self.lm_head(hidden), hidden
 
     def decode(self, tokens: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
@@ -427,19 +521,36 @@ class DecoderModel(nn.Module):
         seq_lens = start + t
         cos, sin = cos[positions], sin[positions]  # [B, T, D]
         x = nn.functional.embedding(tokens, self.embed_weight)
+        residual = None
         for layer in self.layers:
-            x = layer(x, cos, sin, rows, positions, seq_lens)
+            x, residual = layer(x, cos, sin, rows, positions, seq_lens, residual)
         rows.seq_lens.copy_(seq_lens)
-        hidden = self.norm(x)
+        hidden = self._final_norm(x, residual)
         return self.lm_head(hidden), hidden
 
+    def _final_norm(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        """The final norm of the residual stream x + residual (x alone when no layer ran)."""
+        return self.norm(x) if residual is None else self.norm.add(x, residual)[0]
+
     def kernel_meta(self) -> dict[str, str]:
-        """Which backend runs each op: {op: backend} over every linear and norm, the cached attention and the KV
-        cache write (several backends for one op are joined with commas)."""
+        """Which backend runs each op: {op: backend} over every linear, norm and fused op, the cached attention and
+        the KV cache write (several backends for one op are joined with commas)."""
         seen: dict[str, set[str]] = {}
         for module in self.modules():
+            ops: list[RuntimeLinear | RMSNorm | FusedOp] = []
             if isinstance(module, (RuntimeLinear, RMSNorm)):
-                seen.setdefault(module.op, set()).add(module.backend)
+                ops.append(module)
+            if isinstance(module, RMSNorm):
+                ops.extend(module.quant_ops or (module.add_op,))
+            elif isinstance(module, Attention):
+                ops.append(module.rope)
+            elif isinstance(module, MLP):
+                ops.append(module.act)
+            if isinstance(module, RMSNorm) and module.quant:
+                choice = self.kernels.choose(SCALED_MM_OP)  # the linear after it multiplies the codes
+                seen.setdefault(SCALED_MM_OP, set()).add("reference" if choice is None else choice.backend)
+            for op in ops:
+                seen.setdefault(op.op, set()).add(op.backend)
         for op in (ATTENTION_OP, WRITE_OP):
             choice = self.kernels.choose(op)
             seen[op] = {"reference" if choice is None else choice.backend}
@@ -464,10 +575,11 @@ def _assemble(
     """Build the model from `linear(name, out, in, bias)` and `tensor(name)` with transformers' names
     (model.layers.3.self_attn.q_proj); a None `lm_head` ties it to the embedding."""
     hidden, kv_width = args.hidden_size, args.num_kv_heads * args.head_dim
-    norm_kernel = kernels.choose(NORM_OP)
+    norm_kernel, add_norm_kernel = kernels.choose(NORM_OP), kernels.choose(ADD_NORM_OP)
+    rope_kernel, act_kernel = kernels.choose(ROPE_OP), kernels.choose(ACT_OP)
 
     def rms_norm(name: str) -> RMSNorm:
-        return RMSNorm(tensor(name), args.rms_norm_eps, norm_kernel)
+        return RMSNorm(tensor(name), args.rms_norm_eps, norm_kernel, add_norm_kernel)
 
     layers = []
     for i in range(args.num_layers):
@@ -483,18 +595,31 @@ def _assemble(
             linear(f"{prefix}.mlp.up_proj", args.intermediate_size, hidden, args.mlp_bias),
         ]
         down = linear(f"{prefix}.mlp.down_proj", hidden, args.intermediate_size, args.mlp_bias)
-        layers.append(
-            DecoderLayer(
-                rms_norm(f"{prefix}.input_layernorm.weight"),
-                Attention(args, i, _stack(qkv, fuse), o_proj),
-                rms_norm(f"{prefix}.post_attention_layernorm.weight"),
-                MLP(_stack(gate_up, fuse), down, args.intermediate_size),
-            )
+        layer = DecoderLayer(
+            rms_norm(f"{prefix}.input_layernorm.weight"),
+            Attention(args, i, _stack(qkv, fuse), o_proj, rope_kernel),
+            rms_norm(f"{prefix}.post_attention_layernorm.weight"),
+            MLP(_stack(gate_up, fuse), down, args.intermediate_size, act_kernel),
         )
+        _fuse_activation_quant(layer, kernels)
+        layers.append(layer)
     embed = tensor("model.embed_tokens.weight")
     head = lm_head if lm_head is not None else DenseLinear(embed)
     norm = rms_norm("model.norm.weight")
     return DecoderModel(args, embed, layers, norm, head, kernels, kv_format).eval()
+
+
+def _fuse_activation_quant(layer: DecoderLayer, kernels: KernelSelector) -> None:
+    """Where a W8A8 linear quantizes its input per token itself, have the norm before it emit the codes instead
+    (vLLM's norm + quant fusion): the norms before qkv_proj and gate_up_proj. o_proj's input comes from attention
+    and down_proj's from SwiGLU: they quantize their own (op silu_and_mul_quant exists, but its one-program-per-row
+    kernel measured slower than silu_and_mul + the linear's quantize_rows at every row count on the H200,
+    accel-cuda/KERNEL_NOTES.md)."""
+    for norm, linear in ((layer.input_layernorm, layer.self_attn.qkv_proj),
+                         (layer.post_attention_layernorm, layer.mlp.gate_up_proj)):
+        fmt = act_quant(linear)
+        if fmt is not None:
+            norm.quantize_output(fmt, kernels)
 
 
 def from_hf(

@@ -17,9 +17,12 @@ import torch
 from accel.quantization.activation_quant import ActivationQuantArgs, quantize_activation
 from accel.quantization.kernels.reference import dequant_linear
 from accel.quantization.weight_quant import WeightQuantArgs, quantize
+from accel.runtime.act_ops import silu_and_mul
+from accel.runtime.fused_quant_ops import add_rms_norm_quant, quant_args, rms_norm_quant, silu_and_mul_quant
 from accel.runtime.kv_ops import KV_FORMATS, KVTensors, cached_attention, kv_cache_write, kv_dequantize, kv_quantize
-from accel.runtime.norm_ops import rms_norm
+from accel.runtime.norm_ops import add_rms_norm, rms_norm
 from accel.runtime.packing import pack_int32, packed_columns, unpack_int32
+from accel.runtime.rope_ops import rotary_embedding
 
 InputMaker = Callable[[torch.Generator, str, torch.dtype], tuple[Any, ...]]
 
@@ -33,7 +36,7 @@ class OpSpec:
     read from the arguments after the call (e.g. the dequantized stores). `result` hides the difference."""
 
     name: str
-    reference: Callable[..., torch.Tensor | None]
+    reference: Callable[..., torch.Tensor | tuple[torch.Tensor, ...] | None]
     make_inputs: InputMaker
     rtol: float
     atol: float
@@ -42,18 +45,26 @@ class OpSpec:
     variants: tuple[InputMaker, ...] = ()
     # A mutating op: the tensor to compare, computed from its arguments after the call.
     observe: Callable[[tuple[Any, ...]], torch.Tensor] | None = None
+    # An op whose outputs are not compared as they are (quantized codes and their scales): the tensor to compare,
+    # computed from the outputs and the arguments.
+    judge: Callable[[Any, tuple[Any, ...]], torch.Tensor] | None = None
 
     @property
     def input_makers(self) -> tuple[InputMaker, ...]:
         """make_inputs, then every variant: the conformance kit checks a kernel on each."""
         return (self.make_inputs, *self.variants)
 
-    def result(self, impl: Callable[..., torch.Tensor | None], args: tuple[Any, ...]) -> torch.Tensor:
-        """What a kernel is judged on: impl(*args); for a mutating op, `observe` of a clone of the arguments that
-        impl ran on, so `args` stay as made and the reference and a kernel each start from the same inputs."""
+    def result(self, impl: Callable[..., Any], args: tuple[Any, ...]) -> torch.Tensor:
+        """What a kernel is judged on: impl(*args) (`judge` of it, where the op sets one); for a mutating op,
+        `observe` of a clone of the arguments that impl ran on, so `args` stay as made and the reference and a kernel
+        each start from the same inputs."""
         if self.observe is None:
             out = impl(*args)
             assert out is not None, f"{self.name}: returned None, but the op declares no `observe`"
+            if self.judge is not None:
+                return self.judge(out, args)
+            if isinstance(out, tuple):  # several outputs (rotary_embedding's q and k): judged as one, flattened
+                return torch.cat([part.reshape(-1) for part in out])
             return out
         fresh = tuple(arg.clone() if isinstance(arg, torch.Tensor) else arg for arg in args)
         impl(*fresh)
@@ -278,15 +289,14 @@ def w8a8_int8_linear(
     [1] (per tensor), any float dtype; bias: [N] or None. The integer products are summed exactly (float64 holds
     every int32 sum, as an int32 accumulator would), scaled in float32 and cast once to x's dtype: [..., N].
     """
-    n, k = weight_q.shape
+    _, k = weight_q.shape
     if x.shape[-1] != k or weight_q.dtype != torch.int8:
         raise ValueError(
             f"w8a8_int8_linear: x [..., {x.shape[-1]}] and int8 weight [N, K] = {tuple(weight_q.shape)} "
             f"({weight_q.dtype}) do not fit"
         )
     q_x, scale_x = quantize_activation(x, ActivationQuantArgs(type="int"))  # [..., K] int8, [..., 1] f32
-    acc = torch.matmul(q_x.to(torch.float64), weight_q.to(torch.float64).T)  # [..., N], exact
-    return _scaled_output(acc, scale_x, _per_channel(weight_scale, n, "w8a8_int8_linear"), bias, x.dtype)
+    return _w8a8_product(q_x, scale_x, weight_q, weight_scale, bias, x.dtype, "w8a8_int8_linear")
 
 
 def fp8_linear(
@@ -304,7 +314,7 @@ def fp8_linear(
     product of two e4m3 values, and their sum over K < 2^17, is exact in float64; the result is scaled in
     float32 and cast once to x's dtype: [..., N].
     """
-    n, k = weight_fp8.shape
+    _, k = weight_fp8.shape
     if x.shape[-1] != k or weight_fp8.dtype != torch.float8_e4m3fn:
         raise ValueError(
             f"fp8_linear: x [..., {x.shape[-1]}] and e4m3 weight [N, K] = {tuple(weight_fp8.shape)} "
@@ -316,8 +326,82 @@ def fp8_linear(
         args = ActivationQuantArgs(type="float", strategy="tensor", dynamic=False)
         input_scale = input_scale.reshape(-1)[:1]
     q_x, scale_x = quantize_activation(x, args, input_scale)  # [..., K] e4m3, [..., 1] or [1] f32
-    acc = torch.matmul(q_x.to(torch.float64), weight_fp8.to(torch.float64).T)  # [..., N], exact
-    return _scaled_output(acc, scale_x, _per_channel(weight_scale, n, "fp8_linear"), bias, x.dtype)
+    return _w8a8_product(q_x, scale_x, weight_fp8, weight_scale, bias, x.dtype, "fp8_linear")
+
+
+def _w8a8_product(
+    q_x: torch.Tensor,
+    scale_x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    dtype: torch.dtype,
+    op: str,
+) -> torch.Tensor:
+    """The GEMM half of the W8A8 ops (w8a8_scaled_mm's computation; the linear ops' after quantize_activation):
+    (q_x @ weight^T) summed exactly in float64, times scale_x (broadcast against [..., 1]) and the per-channel or
+    per-tensor weight scale in float32, plus the bias, cast once to dtype. `op` names the caller in errors."""
+    acc = torch.matmul(q_x.to(torch.float64), weight.to(torch.float64).T)  # [..., N], exact
+    return _scaled_output(acc, scale_x, _per_channel(weight_scale, weight.shape[0], op), bias, dtype)
+
+
+def check_w8a8_scaled_mm(
+    x_codes: torch.Tensor,
+    x_scale: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> None:
+    """A ValueError naming the argument that does not fit w8a8_scaled_mm's contract (its docstring)."""
+    op = "w8a8_scaled_mm"
+    if x_codes.dtype not in (torch.int8, torch.float8_e4m3fn) or x_codes.ndim < 1:
+        raise ValueError(
+            f"{op}: x_codes must be int8 or float8_e4m3fn codes [..., K], got {x_codes.dtype} {tuple(x_codes.shape)}"
+        )
+    k = x_codes.shape[-1]
+    if weight.ndim != 2 or weight.dtype != x_codes.dtype or weight.shape[1] != k:
+        raise ValueError(
+            f"{op}: weight {weight.dtype} {tuple(weight.shape)} must be [N, K] of x_codes' dtype {x_codes.dtype} "
+            f"with K = {k}"
+        )
+    lead = tuple(x_codes.shape[:-1])
+    if x_scale.dtype != torch.float32 or tuple(x_scale.shape) not in (lead, (*lead, 1), (1,)):
+        raise ValueError(
+            f"{op}: x_scale {x_scale.dtype} {tuple(x_scale.shape)} must be float32 [..., 1] or [...], one scale per "
+            f"row of x_codes {tuple(x_codes.shape)}, or [1] for all rows"
+        )
+    n = weight.shape[0]
+    _per_channel(weight_scale, n, op)
+    if bias is not None and (bias.ndim != 1 or bias.shape[0] != n or not bias.is_floating_point()):
+        raise ValueError(f"{op}: bias {bias.dtype} {tuple(bias.shape)} must be floating point [N], N = {n}")
+    if not isinstance(out_dtype, torch.dtype) or not out_dtype.is_floating_point or out_dtype.itemsize < 2:
+        raise ValueError(f"{op}: out_dtype must be a floating-point dtype of 16 bits or more, got {out_dtype}")
+
+
+def w8a8_scaled_mm(
+    x_codes: torch.Tensor,
+    x_scale: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """y = (x_codes @ weight^T) * s_x * s_w (+ b) in out_dtype: the GEMM half of w8a8_int8_linear and fp8_linear,
+    for activations already quantized (by rms_norm_quant, add_rms_norm_quant or silu_and_mul_quant; or
+    quantize_activation), so that w8a8_int8_linear(x, ...) is bit for bit
+    w8a8_scaled_mm(*quantize_activation(x, int8 per token), ..., x.dtype), and fp8_linear likewise.
+
+    x_codes: int8 or float8_e4m3fn [..., K]; x_scale: float32 [..., 1] or [...] (a scale per row), or [1] (one for
+    every row: a static per-tensor scale); weight: [N, K] of x_codes' dtype; weight_scale: [N], [N, 1] (per channel)
+    or [1] (per tensor), any float dtype; bias: [N] or None; out_dtype: a floating-point dtype. The products are
+    summed exactly (float64 holds every int8 or e4m3 product sum over K < 2^17), scaled in float32 and cast once to
+    out_dtype: [..., N].
+    """
+    check_w8a8_scaled_mm(x_codes, x_scale, weight, weight_scale, bias, out_dtype)
+    lead = x_codes.shape[:-1]
+    scale_x = x_scale if x_scale.shape == (1,) else x_scale.reshape(*lead, 1)
+    return _w8a8_product(x_codes, scale_x, weight, weight_scale, bias, out_dtype, "w8a8_scaled_mm")
 
 
 def _w8a8_inputs(
@@ -401,6 +485,156 @@ def _rms_norm_inputs(
     x = torch.randn(*shape, generator=gen) * torch.logspace(-2, 2, rows).reshape(*shape[:-1], 1)
     weight = 1.0 + 0.5 * torch.randn(shape[-1], generator=gen)
     return (x.to(device=device, dtype=dtype), weight.to(device=device, dtype=weight_dtype or dtype), eps)
+
+
+def _add_rms_norm_inputs(
+    gen: torch.Generator,
+    device: str,
+    dtype: torch.dtype,
+    *,
+    shape: tuple[int, ...],
+    eps: float,
+    weight_dtype: torch.dtype | None = None,
+) -> tuple[Any, ...]:
+    # rms_norm's inputs as the update x, and a residual stream whose rows run the other way (1e1 .. 1e-1): rows
+    # where either dominates the sum, so h's rounding to x's dtype shows.
+    x, weight, eps = _rms_norm_inputs(gen, device, dtype, shape=shape, eps=eps, weight_dtype=weight_dtype)
+    rows = math.prod(shape[:-1])
+    residual = torch.randn(*shape, generator=gen) * torch.logspace(1, -1, rows).reshape(*shape[:-1], 1)
+    return (x, residual.to(device=device, dtype=dtype), weight, eps)
+
+
+def _silu_and_mul_inputs(
+    gen: torch.Generator, device: str, dtype: torch.dtype, *, shape: tuple[int, ...]
+) -> tuple[Any, ...]:
+    # x [..., 2I]: gates N(0, 3) with every 7th far into silu's tails (|g| to ~60: exp(-g) from ~1e-26 to ~1e26);
+    # up rows of different magnitudes (1e-1 .. 1e1).
+    *lead, two_i = shape
+    rows = math.prod(lead)
+    gate = 3.0 * torch.randn(*lead, two_i // 2, generator=gen)
+    gate.view(-1)[::7] *= 5.0
+    up = torch.randn(*lead, two_i // 2, generator=gen) * torch.logspace(-1, 1, rows).reshape(*lead, 1)
+    return (torch.cat([gate, up], -1).to(device=device, dtype=dtype),)
+
+
+def _rotary_inputs(
+    gen: torch.Generator,
+    device: str,
+    dtype: torch.dtype,
+    *,
+    shape: tuple[int, int, int, int, int],
+    table_batch: int,
+    angles: bool = True,
+) -> tuple[Any, ...]:
+    # q and k as the model makes them: views of one fused qkv projection [B, T, (H + 2 Hkv) D] (strided, not
+    # contiguous). angles: cos / sin of real RoPE angles (llama's theta 5e5; each frequency in both halves) at
+    # positions in 0 .. 4096, one table for the batch (prefill) or one per row (decode); else independent random
+    # values for every element, which a kernel mixing up the halves of the tables cannot match.
+    b, t, h, hkv, d = shape
+    qkv = torch.randn(b, t, (h + 2 * hkv) * d, generator=gen) * 4
+    q, k, _ = qkv.to(device=device, dtype=dtype).split((h * d, hkv * d, hkv * d), dim=-1)
+    if angles:
+        positions = torch.randint(0, 4096 - t, (table_batch, 1), generator=gen) + torch.arange(t)  # [B|1, T]
+        inv_freq = 1.0 / 500000.0 ** (torch.arange(0, d, 2, dtype=torch.float32) / d)
+        half = positions[..., None].float() * inv_freq  # [B|1, T, D/2]
+        angle = torch.cat((half, half), dim=-1)
+        cos, sin = angle.cos(), angle.sin()
+    else:
+        cos, sin = (torch.randn(table_batch, t, d, generator=gen) for _ in range(2))
+    cos, sin = (table.to(device=device, dtype=dtype) for table in (cos, sin))
+    return (q.view(b, t, h, d), k.view(b, t, hkv, d), cos, sin)
+
+
+
+def _zero_first_row(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """args with x's first row all zeros: its scale is the floor, 1e-12 / qmax, and its codes 0."""
+    x = args[0].clone()
+    x.view(-1, x.shape[-1])[0] = 0
+    return (x, *args[1:])
+
+
+def _rms_norm_quant_inputs(
+    gen: torch.Generator, device: str, dtype: torch.dtype, *, fp8: bool, zero_row: bool = False, **shape_eps: Any
+) -> tuple[Any, ...]:
+    # rms_norm's inputs (rows of 1e-2 .. 1e2, which the norm evens out; a weight around 1 with spread), then fp8.
+    args = (*_rms_norm_inputs(gen, device, dtype, **shape_eps), fp8)
+    return _zero_first_row(args) if zero_row else args
+
+
+def _add_rms_norm_quant_inputs(
+    gen: torch.Generator, device: str, dtype: torch.dtype, *, fp8: bool, zero_row: bool = False, **shape_eps: Any
+) -> tuple[Any, ...]:
+    # add_rms_norm's inputs (x and residual rows running opposite ways, so either dominates h), then fp8; zero_row:
+    # a first row of h all zeros (x = -residual there).
+    x, residual, weight, eps = _add_rms_norm_inputs(gen, device, dtype, **shape_eps)
+    if zero_row:
+        residual = residual.clone()
+        residual.view(-1, residual.shape[-1])[0] = -x.reshape(-1, x.shape[-1])[0]
+    return (x, residual, weight, eps, fp8)
+
+
+def _silu_and_mul_quant_inputs(
+    gen: torch.Generator, device: str, dtype: torch.dtype, *, fp8: bool, shape: tuple[int, ...], zero_row: bool = False
+) -> tuple[Any, ...]:
+    # silu_and_mul's inputs (gates into silu's tails; up rows of 1e-1 .. 1e1, so the rows' scales differ), then fp8.
+    args = (*_silu_and_mul_inputs(gen, device, dtype, shape=shape), fp8)
+    return _zero_first_row(args) if zero_row else args
+
+
+def _w8a8_scaled_mm_inputs(
+    gen: torch.Generator,
+    device: str,
+    dtype: torch.dtype,
+    *,
+    fp8: bool,
+    lead: tuple[int, ...],
+    k: int = 200,
+    n: int = 76,
+    bias: bool = True,
+    flat_scale: bool = False,
+    per_tensor_weight: bool = False,
+) -> tuple[Any, ...]:
+    # Activation codes and scales as quantize_activation makes them from rows of very different sizes (1e-2 .. 1e2,
+    # in the kit's dtype), leading dims `lead`; x_scale [..., 1] or (flat_scale) [...]; int8 or e4m3 weights with
+    # per-channel or per-tensor scales; K = 200, N = 76 fit no kernel block; the output in the kit's dtype.
+    rows = math.prod(lead)
+    kind = "float" if fp8 else "int"
+    weight = torch.randn(n, k, generator=gen) * 0.05
+    strategy = "tensor" if per_tensor_weight else "channel"
+    qw = quantize(weight, WeightQuantArgs(num_bits=8, symmetric=True, strategy=strategy, type=kind))
+    x = torch.randn(*lead, k, generator=gen) * torch.logspace(-2, 2, rows).reshape(*lead, 1)
+    codes, scale = quantize_activation(x.to(dtype), quant_args(fp8))
+    b = (torch.randn(n, generator=gen) * 0.1).to(device=device, dtype=dtype) if bias else None
+    scale = scale.reshape(lead) if flat_scale else scale
+    return (codes.to(device), scale.to(device), qw.q.to(device), qw.scale.to(device), b, dtype)
+
+
+def _code_steps(codes: torch.Tensor) -> torch.Tensor:
+    """Codes as their signed position on the code grid, float32: int8 codes as they are; an e4m3 code as its sign
+    times its magnitude bits, so that neighbouring e4m3 values are 1 apart, as neighbouring int8 codes are."""
+    if codes.dtype == torch.float8_e4m3fn:
+        bits = codes.view(torch.uint8).to(torch.int32)
+        return torch.where(bits >= 0x80, -(bits & 0x7F), bits).float()
+    return codes.float()
+
+
+def _relative_steps(got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
+    """2^7 x the relative difference of got from want, elementwise (0 where they are equal): 1 is one bf16 ulp."""
+    got64, want64 = got.double(), want.double()
+    return torch.where(got64 == want64, 0.0, (got64 - want64) / want64.abs() * 2.0**7).float()
+
+
+def _quantized_judged(
+    reference: Callable[..., tuple[torch.Tensor, ...]], out: tuple[torch.Tensor, ...], args: tuple[Any, ...]
+) -> torch.Tensor:
+    """What a quantizing op (codes, scale, *more) is judged on (OpSpec.judge), flattened, in steps of 1: its codes
+    on the code grid (_code_steps: a code off by one is 1 away), then each row scale and further output (h) as 2^7
+    times its relative difference from the reference's on the same arguments (_relative_steps: 2^-7 is 1). For the
+    reference itself: its codes, then zeros."""
+    codes, scale, *more = out
+    want = reference(*args)
+    steps = [_relative_steps(got, ref) for got, ref in zip((scale, *more), want[1:], strict=True)]
+    return torch.cat([part.reshape(-1) for part in (_code_steps(codes), *steps)])
 
 
 OPS: dict[str, OpSpec] = {
@@ -502,5 +736,145 @@ OPS: dict[str, OpSpec] = {
         rtol=4e-3,
         atol=1e-5,
         doc="RMSNorm over the last dimension: float32 mean of squares and rsqrt, cast to x's dtype, times weight",
+    ),
+    "rotary_embedding": OpSpec(
+        name="rotary_embedding",
+        reference=rotary_embedding,
+        # A prefill with one table [1, T, D] and odd head counts (5 query heads over 1 KV head); a decode step with a
+        # table per row [B, 1, D] at Llama's head_dim 128; head_dim 96 (no power of two) with random tables.
+        make_inputs=functools.partial(_rotary_inputs, shape=(2, 3, 5, 1, 64), table_batch=1),
+        variants=(
+            functools.partial(_rotary_inputs, shape=(3, 1, 8, 2, 128), table_batch=3),
+            functools.partial(_rotary_inputs, shape=(2, 4, 3, 3, 96), table_batch=2, angles=False),
+        ),
+        # Exact: a kernel rounds each product and the sum to q's dtype as torch does (a product of two 16-bit
+        # floats is exact in float32), so it computes torch's bits.
+        rtol=0.0,
+        atol=0.0,
+        doc="RoPE on q [B, T, H, D] and k [B, T, Hkv, D] (strided views) in one launch: x * cos + rotate_half(x) * sin "
+        "with cos / sin [B or 1, T, D], rounded as torch does",
+    ),
+    "add_rms_norm": OpSpec(
+        name="add_rms_norm",
+        reference=add_rms_norm,
+        # rms_norm's shapes: hidden 200 at 3 rows; a decode row of 576; leading dims with an fp32 weight; 17 x 1000.
+        make_inputs=functools.partial(_add_rms_norm_inputs, shape=(3, 200), eps=1e-5),
+        variants=(
+            functools.partial(_add_rms_norm_inputs, shape=(1, 576), eps=1e-6),
+            functools.partial(_add_rms_norm_inputs, shape=(2, 3, 576), eps=1e-5, weight_dtype=torch.float32),
+            functools.partial(_add_rms_norm_inputs, shape=(17, 1000), eps=1e-6),
+        ),
+        # Judged on (normed, h) together: rms_norm's tolerance for the normalized h (a kernel sums the squares in
+        # its own order); h itself is torch's sum rounded once, which a kernel computes bit for bit.
+        rtol=4e-3,
+        atol=1e-5,
+        doc="residual add then RMSNorm: h = x + residual in x's dtype, then rms_norm(h); returns (normed, h)",
+    ),
+    "silu_and_mul": OpSpec(
+        name="silu_and_mul",
+        reference=silu_and_mul,
+        # I = 200 at 3 rows; a decode row of SmolLM2's I = 1536; leading dims [2, 3, 2I]; I = 37 (odd: the up half
+        # starts off every vector boundary); 17 rows of I = 1000.
+        make_inputs=functools.partial(_silu_and_mul_inputs, shape=(3, 400)),
+        variants=(
+            functools.partial(_silu_and_mul_inputs, shape=(1, 3072)),
+            functools.partial(_silu_and_mul_inputs, shape=(2, 3, 1152)),
+            functools.partial(_silu_and_mul_inputs, shape=(5, 74)),
+            functools.partial(_silu_and_mul_inputs, shape=(17, 2000)),
+        ),
+        # A kernel's exp is not torch's (~2^-22 + |g| 2^-24 relative in float32), so a rare silu value rounds to the
+        # neighbouring bf16 / fp16 value, and its product with up lands one or two ulps away (2^-7 relative each).
+        rtol=4e-3,
+        atol=1e-5,
+        doc="SwiGLU's activation: x [..., 2I] -> silu(x[..., :I]) * x[..., I:], silu in float32 rounded to x's "
+        "dtype, then the product",
+    ),
+    # The fused activation quantizers (accel.runtime.fused_quant_ops) are judged in steps (_quantized_judged): codes
+    # within one code of the reference's, row scales (and add_rms_norm_quant's h) within 2^-7 relative, one bf16 ulp.
+    # A kernel computes the unfused op's y with its caveat (a rare element one ulp of y's dtype away, 2^-8 .. 2^-7
+    # relative in bf16, ~1e-6 in float32), which moves that element's code by at most one and, where it is its row's
+    # largest, the row's scale by as much (and so any code of the row by at most one); h is torch's sum exactly.
+    "rms_norm_quant": OpSpec(
+        name="rms_norm_quant",
+        reference=rms_norm_quant,
+        # rms_norm's shapes, int8 and e4m3 codes: hidden 200 at 3 rows; a decode row of 576; leading dims [2, 3, H]
+        # with an fp32 weight (y in float32); 17 rows of 1000 whose first is all zeros (the scale's 1e-12 floor).
+        make_inputs=functools.partial(_rms_norm_quant_inputs, shape=(3, 200), eps=1e-5, fp8=False),
+        variants=(
+            functools.partial(_rms_norm_quant_inputs, shape=(1, 576), eps=1e-6, fp8=True),
+            *(
+                functools.partial(
+                    _rms_norm_quant_inputs, shape=(2, 3, 576), eps=1e-5, fp8=fp8, weight_dtype=torch.float32
+                )
+                for fp8 in (False, True)
+            ),
+            functools.partial(_rms_norm_quant_inputs, shape=(17, 1000), eps=1e-6, fp8=True, zero_row=True),
+            functools.partial(_rms_norm_quant_inputs, shape=(17, 1000), eps=1e-6, fp8=False, zero_row=True),
+        ),
+        judge=functools.partial(_quantized_judged, rms_norm_quant),
+        rtol=0.0,
+        atol=1.0,
+        doc="RMSNorm, then its output quantized per token (int8 or fp8 e4m3, activation_quant's dynamic symmetric "
+        "convention): (codes [..., H], scale [..., 1] float32)",
+    ),
+    "add_rms_norm_quant": OpSpec(
+        name="add_rms_norm_quant",
+        reference=add_rms_norm_quant,
+        # add_rms_norm's shapes, int8 and e4m3; the 17 x 1000 ones with a first row of h all zeros.
+        make_inputs=functools.partial(_add_rms_norm_quant_inputs, shape=(3, 200), eps=1e-5, fp8=False),
+        variants=(
+            functools.partial(_add_rms_norm_quant_inputs, shape=(1, 576), eps=1e-6, fp8=True),
+            functools.partial(
+                _add_rms_norm_quant_inputs, shape=(2, 3, 576), eps=1e-5, fp8=False, weight_dtype=torch.float32
+            ),
+            functools.partial(_add_rms_norm_quant_inputs, shape=(17, 1000), eps=1e-6, fp8=True, zero_row=True),
+            functools.partial(_add_rms_norm_quant_inputs, shape=(17, 1000), eps=1e-6, fp8=False, zero_row=True),
+        ),
+        judge=functools.partial(_quantized_judged, add_rms_norm_quant),
+        rtol=0.0,
+        atol=1.0,
+        doc="residual add then RMSNorm, its output quantized per token: h = x + residual in x's dtype; returns "
+        "(codes, scale, h), the codes and scales of rms_norm(h) as rms_norm_quant's",
+    ),
+    "silu_and_mul_quant": OpSpec(
+        name="silu_and_mul_quant",
+        reference=silu_and_mul_quant,
+        # silu_and_mul's shapes (rows of different magnitudes), int8 and e4m3; 17 rows of I = 1000, the first zeros.
+        make_inputs=functools.partial(_silu_and_mul_quant_inputs, shape=(3, 400), fp8=False),
+        variants=(
+            functools.partial(_silu_and_mul_quant_inputs, shape=(1, 3072), fp8=True),
+            functools.partial(_silu_and_mul_quant_inputs, shape=(2, 3, 1152), fp8=False),
+            functools.partial(_silu_and_mul_quant_inputs, shape=(5, 74), fp8=True),
+            functools.partial(_silu_and_mul_quant_inputs, shape=(17, 2000), fp8=True, zero_row=True),
+            functools.partial(_silu_and_mul_quant_inputs, shape=(17, 2000), fp8=False, zero_row=True),
+        ),
+        judge=functools.partial(_quantized_judged, silu_and_mul_quant),
+        rtol=0.0,
+        atol=1.0,
+        doc="SwiGLU's activation silu(gate) * up, its output quantized per token (int8 or fp8 e4m3): "
+        "(codes [..., I], scale [..., 1] float32)",
+    ),
+    "w8a8_scaled_mm": OpSpec(
+        name="w8a8_scaled_mm",
+        reference=w8a8_scaled_mm,
+        # Codes of rows of very different sizes: int8 and e4m3 at 5 rows with a bias and x_scale [M, 1]; leading dims
+        # [2, 3] with x_scale [2, 3], per-tensor weight scales and no bias; a decode row.
+        make_inputs=functools.partial(_w8a8_scaled_mm_inputs, fp8=False, lead=(5,)),
+        variants=(
+            functools.partial(_w8a8_scaled_mm_inputs, fp8=True, lead=(5,)),
+            functools.partial(
+                _w8a8_scaled_mm_inputs, fp8=False, lead=(2, 3), bias=False, flat_scale=True, per_tensor_weight=True
+            ),
+            functools.partial(
+                _w8a8_scaled_mm_inputs, fp8=True, lead=(2, 3), bias=False, flat_scale=True, per_tensor_weight=True
+            ),
+            functools.partial(_w8a8_scaled_mm_inputs, fp8=True, lead=(1,), k=256, n=96, flat_scale=True),
+        ),
+        # The linear ops' tolerance: the codes are given, so only the accumulation (fp8 on tensor cores in float32)
+        # and the output's rounding differ.
+        rtol=1e-2,
+        atol=1e-2,
+        doc="the GEMM of W8A8 on activations already quantized: (x_codes @ weight^T) * x_scale * weight_scale (+ bias) "
+        "in out_dtype, int8 or e4m3 codes",
     ),
 }

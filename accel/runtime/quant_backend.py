@@ -31,7 +31,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
@@ -50,12 +50,15 @@ from accel.schema import CapabilityDescriptor
 if TYPE_CHECKING:
     from accel.runtime.model import DecoderModel
 
+SCALED_MM_OP = "w8a8_scaled_mm"
+
 __all__ = [
     "DenseLinear",
     "DequantLinear",
     "FP8Linear",
     "KernelSelector",
     "LinearFormat",
+    "QuantizedActivation",
     "ReferenceLinear",
     "RuntimeLinear",
     "W4A16Linear",
@@ -131,6 +134,12 @@ class RuntimeLinear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.backend = backend
+
+    @property
+    def act_quant(self) -> str | None:
+        """The activation format ("int8" / "fp8") this layer also takes already quantized per token, as a
+        QuantizedActivation from a fused norm or SwiGLU; None: 16-bit activations only."""
+        return None
 
     @classmethod
     def fuse(cls, parts: Sequence[RuntimeLinear]) -> RuntimeLinear | None:
@@ -358,22 +367,46 @@ class DequantLinear(RuntimeLinear):
         return cls(codes, scale, zero, first.group_size, _stack_bias(layers), first.kernel)
 
 
+class QuantizedActivation(NamedTuple):
+    """Activations already quantized per token (dynamic, symmetric) by the kernel that produced them, a fused norm
+    or SwiGLU (ops rms_norm_quant, add_rms_norm_quant, silu_and_mul_quant): int8 / e4m3 codes [..., K], float32
+    scales [..., 1], and the dtype the activations had, which is the linear's output dtype. A W8A8 linear takes
+    them in place of x and skips its own quantization launch (vLLM's norm / activation + quant fusion)."""
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    dtype: torch.dtype
+
+
 class W8A8Int8Linear(RuntimeLinear):
     """int8 weights [N, K] with per-channel float32 scales [N, 1]; activations quantized per token at run time
-    (dynamic, symmetric int8); op w8a8_int8_linear."""
+    (dynamic, symmetric int8); op w8a8_int8_linear, or op w8a8_scaled_mm for already quantized activations."""
 
     op = "w8a8_int8_linear"
 
     def __init__(
-        self, weight_q: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None, kernel: KernelChoice
+        self,
+        weight_q: torch.Tensor,
+        weight_scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        kernel: KernelChoice,
+        scaled_mm: KernelChoice | None = None,
     ) -> None:
         super().__init__(weight_q.shape[1], weight_q.shape[0], backend=kernel.backend)
         self.kernel = kernel
+        self.scaled_mm = scaled_mm
         self.register_buffer("weight_q", weight_q)
         self.register_buffer("weight_scale", weight_scale)
         self.register_buffer("bias", bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def act_quant(self) -> str | None:
+        """"int8": the activation format a QuantizedActivation input must have (None: takes 16-bit x only)."""
+        return None if self.scaled_mm is None else "int8"
+
+    def forward(self, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
+        if isinstance(x, QuantizedActivation):
+            return _scaled_mm(self.scaled_mm, x, self.weight_q, self.weight_scale, self.bias)
         return self.kernel.impl(x, self.weight_q, self.weight_scale, self.bias)
 
     @classmethod
@@ -382,7 +415,20 @@ class W8A8Int8Linear(RuntimeLinear):
         if len(layers) != len(parts) or not _same(layers, "weight_q", "backend"):
             return None
         codes, scale = torch.cat([p.weight_q for p in layers]), torch.cat([p.weight_scale for p in layers])
-        return cls(codes, scale, _stack_bias(layers), layers[0].kernel)
+        return cls(codes, scale, _stack_bias(layers), layers[0].kernel, layers[0].scaled_mm)
+
+
+def _scaled_mm(
+    choice: KernelChoice | None,
+    x: QuantizedActivation,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """(codes @ weight^T) * s_x * s_w (+ b) in x.dtype, on the kernel chosen for op w8a8_scaled_mm."""
+    if choice is None:
+        raise ValueError(f"this layer takes 16-bit activations only: op {SCALED_MM_OP} is not available")
+    return choice.impl(x.codes, x.scale, weight, weight_scale, bias, x.dtype)
 
 
 class FP8Linear(RuntimeLinear):
@@ -398,15 +444,27 @@ class FP8Linear(RuntimeLinear):
         input_scale: torch.Tensor | None,
         bias: torch.Tensor | None,
         kernel: KernelChoice,
+        scaled_mm: KernelChoice | None = None,
     ) -> None:
         super().__init__(weight_fp8.shape[1], weight_fp8.shape[0], backend=kernel.backend)
         self.kernel = kernel
+        self.scaled_mm = scaled_mm
         self.register_buffer("weight_fp8", weight_fp8)
         self.register_buffer("weight_scale", weight_scale)
         self.register_buffer("input_scale", input_scale)
         self.register_buffer("bias", bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def act_quant(self) -> str | None:
+        """"fp8" for dynamic per-token activations (a QuantizedActivation input of e4m3 codes); None with a static
+        input scale or without op w8a8_scaled_mm: 16-bit x only."""
+        return "fp8" if self.scaled_mm is not None and self.input_scale is None else None
+
+    def forward(self, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
+        if isinstance(x, QuantizedActivation):
+            if self.input_scale is not None:
+                raise ValueError("a static input_scale layer quantizes its own input: pass 16-bit activations")
+            return _scaled_mm(self.scaled_mm, x, self.weight_fp8, self.weight_scale, self.bias)
         return self.kernel.impl(x, self.weight_fp8, self.weight_scale, self.input_scale, self.bias)
 
     @classmethod
@@ -419,7 +477,7 @@ class FP8Linear(RuntimeLinear):
         if scales[0] is not None and not all(torch.equal(scales[0], scale) for scale in scales):
             return None
         codes, scale = torch.cat([p.weight_fp8 for p in layers]), torch.cat([p.weight_scale for p in layers])
-        return cls(codes, scale, scales[0], _stack_bias(layers), layers[0].kernel)
+        return cls(codes, scale, scales[0], _stack_bias(layers), layers[0].kernel, layers[0].scaled_mm)
 
 
 class ReferenceLinear(RuntimeLinear):
@@ -527,10 +585,11 @@ def runtime_linear(module: nn.Module, kernels: KernelSelector, dtype: torch.dtyp
     bias = None if module.bias is None else module.bias.to(dtype)
     if fmt.module in (W8A8Int8Linear, FP8Linear):
         scale, _, _ = _per_row_params(module, torch.float32)  # the ops scale in float32; symmetric, per row
+        scaled_mm = kernels.choose(SCALED_MM_OP)  # for activations a fused kernel already quantized
         if fmt.module is W8A8Int8Linear:
-            return W8A8Int8Linear(module.weight_q, scale, bias, kernel)
+            return W8A8Int8Linear(module.weight_q, scale, bias, kernel, scaled_mm)
         input_scale = None if module.input_scale is None else module.input_scale.reshape(1).to(torch.float32)
-        return FP8Linear(module.weight_q, scale, input_scale, bias, kernel)
+        return FP8Linear(module.weight_q, scale, input_scale, bias, kernel, scaled_mm)
     scale, zero, group = _per_row_params(module, dtype)
     if fmt.module is W4A16Linear:
         packed = pack_int32(module.weight_q, 4)

@@ -24,8 +24,16 @@ from accel.plugins.backend import BackendPlugin
 from accel.plugins.loader import PluginPolicy
 from accel.plugins.registry import PluginRegistry
 from accel.runtime.loaders import load_model
-from accel.runtime.model import RANDOM_QUANT, DecoderModel, ModelArgs, from_hf, from_state_dict, random_model
-from accel.runtime.norm_ops import rms_norm
+from accel.runtime.model import (
+    RANDOM_QUANT,
+    DecoderModel,
+    ModelArgs,
+    RMSNorm,
+    from_hf,
+    from_state_dict,
+    random_model,
+)
+from accel.runtime.norm_ops import add_rms_norm, rms_norm
 from accel.runtime.quant_backend import DenseLinear, RuntimeLinear
 from accel.schema import CapabilityDescriptor
 
@@ -88,7 +96,8 @@ def test_bundled_logits_match_transformers(bundled) -> None:
     assert relative_error(got[: len(ids)], expected[: len(ids)]) < RELATIVE  # prefill
     assert relative_error(got[len(ids) :], expected[len(ids) :]) < RELATIVE  # decode through the cache
     assert runtime.kernel_meta() == {
-        "cached_attention": "reference", "kv_cache_write": "reference", "linear": "torch", "rms_norm": "reference"
+        "add_rms_norm": "reference", "cached_attention": "reference", "kv_cache_write": "reference", "linear": "torch",
+        "rms_norm": "reference", "rotary_embedding": "reference", "silu_and_mul": "reference",
     }
 
 
@@ -229,13 +238,19 @@ def test_stacked_projections_equal_separate_ones(quant: str) -> None:
 # ------------------------------------------------------------------------------------- the norm op
 
 
-def registry_with_norm_kernel(calls: list[tuple[int, ...]]) -> PluginRegistry:
-    """A registry whose CPU backend serves rms_norm (core's reference, recording each call's shape), registered as a
-    third party's would be: the model must take its norms' kernel from the registry."""
+def registry_with_norm_kernel(calls: list[tuple[str | int, ...]]) -> PluginRegistry:
+    """A registry whose CPU backend serves rms_norm and add_rms_norm (core's references, recording each call's op
+    and shape), registered as a third party's would be: the model must take its norms' kernels from the registry."""
 
     def kernel(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        calls.append(tuple(x.shape))
+        calls.append(("rms_norm", *x.shape))
         return rms_norm(x, weight, eps)
+
+    def add_kernel(
+        x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(("add_rms_norm", *x.shape))
+        return add_rms_norm(x, residual, weight, eps)
 
     spec = KernelBackendSpec(
         name="cpu-rms-norm",
@@ -243,7 +258,7 @@ def registry_with_norm_kernel(calls: list[tuple[int, ...]]) -> PluginRegistry:
         device_type="cpu",
         is_available=lambda: True,
         capability=lambda: CapabilityDescriptor(device_name="cpu", device_type="cpu"),
-        kernels=lambda: {"rms_norm": kernel},
+        kernels=lambda: {"rms_norm": kernel, "add_rms_norm": add_kernel},
         priority=1,
     )
     registry = load_registry(PluginPolicy())
@@ -252,18 +267,40 @@ def registry_with_norm_kernel(calls: list[tuple[int, ...]]) -> PluginRegistry:
 
 
 def test_every_norm_runs_the_selected_kernel() -> None:
-    """2 norms per layer and the final one, each one call of the registry's kernel; the logits are the reference
-    model's, and kernel_meta names the backend."""
-    calls: list[tuple[int, ...]] = []
+    """2 norms per layer and the final one, each one call of the registry's kernels: the first layer's input norm
+    alone, every later one with the residual add before it; the logits are the reference model's, and kernel_meta
+    names the backend."""
+    calls: list[tuple[str | int, ...]] = []
     config = small(LlamaConfig)
     runtime = random_model(config, dtype=torch.bfloat16, registry=registry_with_norm_kernel(calls))
     plain = random_model(config, dtype=torch.bfloat16)
-    assert (runtime.kernel_meta()["rms_norm"], plain.kernel_meta()["rms_norm"]) == ("cpu-rms-norm", "reference")
+    meta, plain_meta = runtime.kernel_meta(), plain.kernel_meta()
+    assert (meta["rms_norm"], meta["add_rms_norm"]) == ("cpu-rms-norm", "cpu-rms-norm")
+    assert (plain_meta["rms_norm"], plain_meta["add_rms_norm"]) == ("reference", "reference")
     tokens, lengths = torch.tensor([[3, 1, 4, 1, 5]]), torch.tensor([5])
     with torch.no_grad():
         got = runtime.prefill(tokens, lengths, runtime.new_cache(1, 8), all_logits=True)
         expected = plain.prefill(tokens, lengths, plain.new_cache(1, 8), all_logits=True)
-    assert calls == [(1, 5, 64)] * (2 * config.num_hidden_layers + 1)
+    assert calls == [("rms_norm", 1, 5, 64)] + [("add_rms_norm", 1, 5, 64)] * (2 * config.num_hidden_layers)
+    assert torch.equal(got, expected)
+
+
+def test_the_unsummed_residual_stream_computes_the_summed_one() -> None:
+    """The layers pass (branch output, residual) along and add them inside the next norm: the same bits as the
+    plain pre-norm block x + attn(norm(x)), then + mlp(norm(.)), written out here with the model's own modules."""
+    config = small(LlamaConfig)
+    model = random_model(config, dtype=torch.bfloat16)
+    tokens, lengths = torch.tensor([[3, 1, 4, 1, 5], [2, 7, 1, 8, 0]]), torch.tensor([5, 4])
+    with torch.no_grad():
+        got = model.prefill(tokens, lengths, model.new_cache(2, 8), all_logits=True)
+        cache = model.new_cache(2, 8)
+        cos, sin = model._rope_tables(8)
+        cos, sin = cos[None, :5], sin[None, :5]
+        x = torch.nn.functional.embedding(tokens, model.embed_weight)
+        for layer in model.layers:
+            h = x + layer.self_attn(layer.input_layernorm(x), cos, sin, cache.rows(2), None, None)
+            x = h + layer.mlp(layer.post_attention_layernorm(h))
+        expected = model.lm_head(model.norm(x))
     assert torch.equal(got, expected)
 
 
@@ -271,7 +308,7 @@ def test_every_norm_runs_the_selected_kernel() -> None:
 def test_a_compiled_decode_step_equals_the_eager_one(backend_kernel: bool) -> None:
     """The decode step under torch.compile, as Generator(compile=True) runs it: the norms trace the reference into
     the graph (fullgraph) even where a backend's kernel runs them eagerly, so Inductor can fuse them."""
-    calls: list[tuple[int, ...]] = []
+    calls: list[tuple[str | int, ...]] = []
     runtime = random_model(
         small(LlamaConfig), dtype=torch.float32, registry=registry_with_norm_kernel(calls) if backend_kernel else None
     )
@@ -284,3 +321,42 @@ def test_a_compiled_decode_step_equals_the_eager_one(backend_kernel: bool) -> No
             outputs.append((step if compiled else runtime.decode)(torch.tensor([[7], [8]]), cache))
     torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
     assert len(calls) == (3 * 5 if backend_kernel else 0)  # eager: 2 prefills and 1 decode, 5 norms each
+
+
+# ------------------------------------------------------------------------------ fused activation quantization
+
+
+def _unfuse_activation_quant(model: DecoderModel) -> None:
+    """Back to every W8A8 linear quantizing its own 16-bit input."""
+    for module in model.modules():
+        if isinstance(module, RMSNorm):
+            module.quant, module.quant_ops = None, None
+
+
+@pytest.mark.parametrize("quant", ["w8a8-int8", "w8a8-fp8"])
+def test_norms_and_swiglu_quantize_for_the_w8a8_linears_after_them(quant: str) -> None:
+    """W8A8 (dynamic per token): the norms before qkv_proj / gate_up_proj emit the codes (ops rms_norm_quant,
+    add_rms_norm_quant; the linears multiply them: w8a8_scaled_mm); the final norm feeds the 16-bit lm_head and
+    stays plain. Same bits as each linear quantizing its own input, in prefill, in a decode step and in a compiled
+    decode step."""
+    config = small(LlamaConfig)
+    model = random_model(config, dtype=torch.bfloat16, quant=quant)
+    norms = [module for module in model.modules() if isinstance(module, RMSNorm)]
+    assert [norm.quant for norm in norms] == [quant[5:]] * (2 * config.num_hidden_layers) + [None]
+    meta = model.kernel_meta()
+    for op in ("rms_norm_quant", "add_rms_norm_quant", "w8a8_scaled_mm"):
+        assert meta[op] == "reference"
+    tokens, lengths = torch.tensor([[3, 1, 4, 1, 5], [2, 7, 1, 8, 0]]), torch.tensor([5, 4])
+    step = torch.tensor([[6], [9]])
+
+    def run(compiled: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        cache = model.new_cache(2, 8)
+        decode = torch.compile(model.decode, backend="aot_eager", fullgraph=True) if compiled else model.decode
+        with torch.no_grad():
+            return model.prefill(tokens, lengths, cache, all_logits=True), decode(step, cache)
+
+    fused, fused_compiled = run(False), run(True)
+    _unfuse_activation_quant(model)
+    plain = run(False)
+    for got, expected in zip((*fused, *fused_compiled), (*plain, *plain), strict=True):
+        assert torch.equal(got, expected)

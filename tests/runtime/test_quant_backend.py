@@ -285,7 +285,8 @@ def test_load_for_inference_reads_the_bundled_model_and_hf_directories() -> None
     assert bundled_model.tokenizer is not None and directory.kv_format == "fp8"
     assert torch.equal(bundled_model.embed_weight, directory.embed_weight)
     assert bundled_model.kernel_meta() == {
-        "cached_attention": "reference", "kv_cache_write": "reference", "linear": "torch", "rms_norm": "reference"
+        "add_rms_norm": "reference", "cached_attention": "reference", "kv_cache_write": "reference", "linear": "torch",
+        "rms_norm": "reference", "rotary_embedding": "reference", "silu_and_mul": "reference",
     }
     with pytest.raises(ValueError, match="kv_format must be one of"):
         load_for_inference(None, kv_format="int16")

@@ -9,17 +9,24 @@ from typing import Any
 import torch
 
 __all__ = [
+    "add_rms_norm",
+    "add_rms_norm_quant",
     "cached_attention",
     "dequant_linear",
     "fp8_linear",
     "kv_cache_write",
     "rms_norm",
+    "rms_norm_quant",
+    "rotary_embedding",
+    "silu_and_mul",
+    "silu_and_mul_quant",
     "triton_available",
     "w4a16_linear",
     "w4a16_prepare",
     "w4a16_sparse24_linear",
     "w4a16_sparse24_prepare",
     "w8a8_int8_linear",
+    "w8a8_scaled_mm",
 ]
 
 
@@ -171,3 +178,72 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, **kwargs: Any) -
     from accel_cuda.kernels.norm import rms_norm as impl
 
     return impl(x, weight, eps, **kwargs)
+
+
+def rotary_embedding(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, **kwargs: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE on q and k in one launch (accel_cuda.kernels.rope.rotary_embedding), imported on first call."""
+    from accel_cuda.kernels.rope import rotary_embedding as impl
+
+    return impl(q, k, cos, sin, **kwargs)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, **kwargs: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual add + RMSNorm in one launch (accel_cuda.kernels.norm.add_rms_norm), imported on first call."""
+    from accel_cuda.kernels.norm import add_rms_norm as impl
+
+    return impl(x, residual, weight, eps, **kwargs)
+
+
+def silu_and_mul(x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """SwiGLU's silu(gate) * up in one launch (accel_cuda.kernels.act.silu_and_mul), imported on first call."""
+    from accel_cuda.kernels.act import silu_and_mul as impl
+
+    return impl(x, **kwargs)
+
+
+def rms_norm_quant(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, fp8: bool, **kwargs: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm with its output quantized per token (int8 / e4m3 codes and scales) in one launch
+    (accel_cuda.kernels.norm.rms_norm_quant), imported on first call."""
+    from accel_cuda.kernels.norm import rms_norm_quant as impl
+
+    return impl(x, weight, eps, fp8, **kwargs)
+
+
+def add_rms_norm_quant(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, fp8: bool, **kwargs: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Residual add + RMSNorm, the normalized h quantized per token, in one launch
+    (accel_cuda.kernels.norm.add_rms_norm_quant), imported on first call."""
+    from accel_cuda.kernels.norm import add_rms_norm_quant as impl
+
+    return impl(x, residual, weight, eps, fp8, **kwargs)
+
+
+def silu_and_mul_quant(x: torch.Tensor, fp8: bool, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """SwiGLU's silu(gate) * up quantized per token in one launch (accel_cuda.kernels.act.silu_and_mul_quant),
+    imported on first call."""
+    from accel_cuda.kernels.act import silu_and_mul_quant as impl
+
+    return impl(x, fp8, **kwargs)
+
+
+def w8a8_scaled_mm(
+    x_codes: torch.Tensor,
+    x_scale: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """The W8A8 GEMM on already-quantized activations (accel_cuda.kernels.w8a8.w8a8_scaled_mm), imported on first
+    call."""
+    from accel_cuda.kernels.w8a8 import w8a8_scaled_mm as impl
+
+    return impl(x_codes, x_scale, weight, weight_scale, bias, out_dtype, **kwargs)

@@ -4,12 +4,9 @@ Two steps per call:
 
 1. `quantize_rows`: one program per token computes s_x = max(max|x|, 1e-12) / qmax (or takes the static scale)
    and writes the codes q_x = clamp(round(x / s_x)) (int8) or fp8(clamp(x / s_x)) (e4m3), activation_quant's
-   convention, computed as torch computes it on the same device, so that codes match bit for bit: x / s divides
-   exactly (div_rn), and max / qmax does too on the CPU while torch on CUDA multiplies by the fp32 reciprocal of
-   a scalar divisor (RECIP). Bit-exact matters: bf16 inputs put x / s exactly on a rounding tie often enough that
-   a one-ulp difference in s flips codes. round() is half-to-even through the 1.5 * 2^23 trick (adding and
-   subtracting it rounds an fp32 |y| <= 2^22 to an integer in the current, nearest-even mode).
-2. The product, by `W8Config.kernel`:
+   convention, computed as torch computes it on the same device, so that codes match bit for bit (rowquant.py's
+   device functions, which the norm and SwiGLU kernels that quantize their output share).
+2. `_scaled_mm`, the product of the codes and the weight, by `W8Config.kernel`:
    - "triton": a tl.dot GEMM on the int8 (int32 accumulator) or e4m3 (fp32 accumulator) codes, both operands
      K-major, with the scales, bias and cast fused into its epilogue; split-K partials (already scaled, fp32)
      are summed by a second small kernel that adds the bias.
@@ -36,36 +33,20 @@ import torch
 import triton
 import triton.language as tl
 
+from accel.runtime.ops import check_w8a8_scaled_mm
 from accel.runtime.ops import fp8_linear as fp8_reference
 from accel.runtime.ops import w8a8_int8_linear as int8_reference
+from accel.runtime.ops import w8a8_scaled_mm as scaled_mm_reference
 from accel_cuda.kernels.device import device_info
+from accel_cuda.kernels.rowquant import ONE_PASS_MAX_K, _codes, _row_scale, code_dtype, fp8_supported, warps_for_row
 from accel_cuda.kernels.w8a8_tma import W8TmaConfig, supports_w8a8_tma, w8a8_tma, w8a8_tma_plan
 
-__all__ = ["W8Config", "fp8_linear", "plan", "quantize_rows", "w8a8_int8_linear"]
+__all__ = ["W8Config", "fp8_linear", "plan", "quantize_rows", "w8a8_int8_linear", "w8a8_scaled_mm"]
 
 POISON = False  # tests: fill outputs and workspaces with NaN first, so unwritten elements show
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FP8_MAX = 448.0
-ONE_PASS_MAX_K = 16384  # rows up to this long are quantized from registers (16 warps: 32 fp32 values a thread)
-
-
-@triton.jit
-def _codes(x, scale, FP8: tl.constexpr):
-    """fp32 x -> int8 / e4m3 codes of x / scale (exact division, clamped; int8 rounds half to even first via the
-    1.5 * 2^23 trick, as its conversion truncates; fp8's conversion rounds to nearest even itself)."""
-    qmax = 448.0 if FP8 else 127.0
-    y = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -qmax), qmax)
-    return y.to(tl.float8e4nv) if FP8 else ((y + 12582912.0) - 12582912.0).to(tl.int8)
-
-
-@triton.jit
-def _row_scale(amax, RECIP: tl.constexpr, FP8: tl.constexpr):
-    """max(max|x|, 1e-12) / qmax; RECIP: times the fp32 reciprocal, as torch's CUDA division by a scalar, else
-    exact, as on the CPU."""
-    qmax = 448.0 if FP8 else 127.0
-    amax = tl.maximum(amax, 1e-12)
-    return amax * (1.0 / qmax) if RECIP else tl.math.div_rn(amax, qmax)
 
 
 @triton.jit
@@ -286,7 +267,7 @@ def quantize_rows(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes [M, K] int8 or e4m3, scales fp32 [M]) of a 2-D x with unit stride along K."""
     m, k = x2.shape
-    codes = _empty((m, k), torch.float8_e4m3fn if fp8 else torch.int8, x2.device)
+    codes = _empty((m, k), code_dtype(fp8), x2.device)
     scales = _empty((m,), torch.float32, x2.device)
     if m:
         block_k = min(ONE_PASS_MAX_K, triton.next_power_of_2(k))
@@ -303,7 +284,7 @@ def quantize_rows(
             RECIP=x2.is_cuda,
             BLOCK_K=block_k,
             ONE_PASS=block_k >= k,
-            num_warps=4 if block_k <= 4096 else 8 if block_k <= 8192 else 16,
+            num_warps=warps_for_row(block_k),
         )
     return codes, scales
 
@@ -325,13 +306,31 @@ def _tma_config(m: int, n: int, k: int, fp8: bool, x: torch.Tensor) -> W8Config 
                     num_warps=tma.num_warps, num_stages=tma.stages)
 
 
-def _rowwise_ok(x: torch.Tensor) -> bool:
+def _rowwise_ok(device: torch.device, out_dtype: torch.dtype) -> bool:
     """torch._scaled_mm with rowwise scales: CUTLASS on sm90+, bf16 output."""
-    return x.is_cuda and x.dtype == torch.bfloat16 and device_info(x.device).capability >= (9, 0)
+    return device.type == "cuda" and out_dtype == torch.bfloat16 and device_info(device).capability >= (9, 0)
 
 
 def _sm_count(device: torch.device) -> int:
     return device_info(device).sms
+
+
+def _checked_plan(
+    m: int, n: int, k: int, fp8: bool, on: torch.Tensor, out_dtype: torch.dtype, config: W8Config | None
+) -> W8Config:
+    """`config`, or the plan for this shape on `on`'s device (the TMA kernel where it applies, else `plan`); a
+    ValueError where the path named does not take the shape."""
+    device, cuda = on.device, on.is_cuda
+    rowwise = _rowwise_ok(device, out_dtype)
+    cfg = config or _tma_config(m, n, k, fp8, on) or plan(m, n, k, fp8, _sm_count(device), cuda, rowwise)
+    if cfg.kernel == "tma" and not ((cuda or INTERPRET) and supports_w8a8_tma(n, k, _as_tma(cfg))):
+        raise ValueError(f"kernel 'tma' does not take N={n}, K={k} with {cfg} on {device}; use the triton kernel")
+    if cfg.kernel not in ("triton", "tma") and not _library_ok(cfg.kernel, m, n, k, fp8, cuda, rowwise):
+        raise ValueError(
+            f"kernel {cfg.kernel!r} does not take M={m}, N={n}, K={k} ({'fp8' if fp8 else 'int8'}, "
+            f"{out_dtype}, {device}); use the triton kernel"
+        )
+    return cfg
 
 
 def _linear(
@@ -343,125 +342,140 @@ def _linear(
     fp8: bool,
     config: W8Config | None,
 ) -> torch.Tensor:
+    """quantize_rows, then _scaled_mm: the W8A8 linear on x [..., K] -> [..., N] in x's dtype."""
     n, k = weight.shape
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     m = x2.shape[0]
-    weight = weight if weight.stride(-1) == 1 else weight.contiguous()
-    sw = weight_scale.reshape(-1)
-    static = None if input_scale is None else input_scale.reshape(-1)[:1].to(torch.float32)
-    out = _empty((m, n), x.dtype, x.device)
     if m == 0:
-        return out.reshape(*lead, n)
-    rowwise = _rowwise_ok(x)
-    cfg = config or _tma_config(m, n, k, fp8, x) or plan(m, n, k, fp8, _sm_count(x.device), x.is_cuda, rowwise)
-    if cfg.kernel == "tma" and not ((x.is_cuda or INTERPRET) and supports_w8a8_tma(n, k, _as_tma(cfg))):
-        raise ValueError(f"kernel 'tma' does not take N={n}, K={k} with {cfg} on {x.device}; use the triton kernel")
-    if cfg.kernel not in ("triton", "tma") and not _library_ok(cfg.kernel, m, n, k, fp8, x.is_cuda, rowwise):
-        raise ValueError(
-            f"kernel {cfg.kernel!r} does not take M={m}, N={n}, K={k} ({'fp8' if fp8 else 'int8'}, "
-            f"{x.dtype}, {x.device}); use the triton kernel"
-        )
+        return _empty((m, n), x.dtype, x.device).reshape(*lead, n)
+    cfg = _checked_plan(m, n, k, fp8, x, x.dtype, config)
+    static = None if input_scale is None else input_scale.reshape(-1)[:1].to(torch.float32)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         codes, sx = quantize_rows(x2, fp8, static)  # [M, K], [M]
-        has_bias = bias is not None
-        bias_arg = bias if bias is not None else sx  # not read without a bias
-        if cfg.kernel == "tma":
-            w8a8_tma(codes, sx, weight if weight.is_contiguous() else weight.contiguous(), sw, bias, out, _as_tma(cfg))
-            return out.reshape(*lead, n)
-        if cfg.kernel == "scaled_mm":
-            scale_b = sw.to(torch.float32).expand(n).contiguous().reshape(1, n)
-            bias_mm = None if bias is None else bias.to(torch.bfloat16)
-            y = torch._scaled_mm(
-                codes, weight.t(), scale_a=sx.reshape(m, 1), scale_b=scale_b, bias=bias_mm, out_dtype=torch.bfloat16
-            )
-            return y.reshape(*lead, n)
-        if cfg.kernel == "cublas":
-            if fp8:
-                one = torch.ones((), dtype=torch.float32, device=x.device)
-                acc = torch._scaled_mm(codes, weight.t(), scale_a=one, scale_b=one, out_dtype=torch.float32)
-            else:
-                acc = torch._int_mm(codes, weight.t())  # int32 [M, N]
-            grid = (triton.cdiv(m, 32), triton.cdiv(n, 128))
-            _epilogue_kernel[grid](
-                acc,
-                sx,
-                sw,
-                bias_arg,
-                out,
-                m,
-                n,
-                1,
-                0,
-                SCALE=True,
-                SB_PER_N=sw.numel() > 1,
-                HAS_BIAS=has_bias,
-                BLOCK_M=32,
-                BLOCK_N=128,
-                num_warps=4,
-            )
-            return out.reshape(*lead, n)
-        k_per_split = triton.cdiv(triton.cdiv(k, cfg.split), cfg.block_k) * cfg.block_k
-        split = triton.cdiv(k, k_per_split)
-        target = out if split == 1 else _empty((split, m, n), torch.float32, x.device)
-        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
-        _gemm_kernel[grid](
-            codes,
-            weight,
-            sx,
-            sw,
-            bias_arg,
-            target,
-            m,
-            n,
-            k,
-            k_per_split,
-            codes.stride(0),
-            weight.stride(0),
-            n,
-            m * n,
-            SB_PER_N=sw.numel() > 1,
-            HAS_BIAS=has_bias,
-            FP8=fp8,
-            SPLIT_K=split > 1,
-            EVEN_K=k % cfg.block_k == 0,
-            BLOCK_M=cfg.block_m,
-            BLOCK_N=cfg.block_n,
-            BLOCK_K=cfg.block_k,
-            GROUP_M=cfg.group_m,
-            num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages,
-        )
-        if split > 1:
-            grid = (triton.cdiv(m, 16), triton.cdiv(n, 128))
-            _epilogue_kernel[grid](
-                target,
-                sx,
-                sw,
-                bias_arg,
-                out,
-                m,
-                n,
-                split,
-                m * n,
-                SCALE=False,
-                SB_PER_N=True,
-                HAS_BIAS=has_bias,
-                BLOCK_M=16,
-                BLOCK_N=128,
-                num_warps=4,
-            )
+        out = _scaled_mm(codes, sx, weight, weight_scale, bias, x.dtype, cfg)
     return out.reshape(*lead, n)
 
 
-def _usable(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, code_dtype: torch.dtype) -> bool:
+def _scaled_mm(
+    codes: torch.Tensor,
+    sx: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    cfg: W8Config,
+) -> torch.Tensor:
+    """out [M, N] = (codes [M, K] @ weight [N, K]^T) * sx [M] * weight_scale (+ bias) in out_dtype, by cfg.kernel
+    (module docstring): codes and weight both int8 or both e4m3, codes' rows of unit stride along K, sx float32
+    contiguous, M >= 1; on the current device."""
+    m, k = codes.shape
+    n = weight.shape[0]
+    fp8 = codes.dtype == torch.float8_e4m3fn
+    weight = weight if weight.stride(-1) == 1 else weight.contiguous()
+    sw = weight_scale.reshape(-1)
+    if cfg.kernel == "scaled_mm":
+        # A per-channel float32 scale is already the [1, N] row torch wants: no copy (a prefill's host time counts,
+        # KERNEL_NOTES.md "FP8 prefill is host-bound").
+        scale_b = sw.reshape(1, n) if sw.numel() == n and sw.dtype == torch.float32 else (
+            sw.to(torch.float32).expand(n).contiguous().reshape(1, n))
+        bias_mm = None if bias is None else bias.to(torch.bfloat16)
+        return torch._scaled_mm(
+            codes, weight.t(), scale_a=sx.reshape(m, 1), scale_b=scale_b, bias=bias_mm, out_dtype=torch.bfloat16
+        )
+    out = _empty((m, n), out_dtype, codes.device)
+    has_bias = bias is not None
+    bias_arg = bias if bias is not None else sx  # not read without a bias
+    if cfg.kernel == "tma":
+        codes = codes if codes.is_contiguous() else codes.contiguous()
+        w8a8_tma(codes, sx, weight if weight.is_contiguous() else weight.contiguous(), sw, bias, out, _as_tma(cfg))
+        return out
+    if cfg.kernel == "cublas":
+        if fp8:
+            one = torch.ones((), dtype=torch.float32, device=codes.device)
+            acc = torch._scaled_mm(codes, weight.t(), scale_a=one, scale_b=one, out_dtype=torch.float32)
+        else:
+            acc = torch._int_mm(codes, weight.t())  # int32 [M, N]
+        grid = (triton.cdiv(m, 32), triton.cdiv(n, 128))
+        _epilogue_kernel[grid](
+            acc,
+            sx,
+            sw,
+            bias_arg,
+            out,
+            m,
+            n,
+            1,
+            0,
+            SCALE=True,
+            SB_PER_N=sw.numel() > 1,
+            HAS_BIAS=has_bias,
+            BLOCK_M=32,
+            BLOCK_N=128,
+            num_warps=4,
+        )
+        return out
+    k_per_split = triton.cdiv(triton.cdiv(k, cfg.split), cfg.block_k) * cfg.block_k
+    split = triton.cdiv(k, k_per_split)
+    target = out if split == 1 else _empty((split, m, n), torch.float32, codes.device)
+    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
+    _gemm_kernel[grid](
+        codes,
+        weight,
+        sx,
+        sw,
+        bias_arg,
+        target,
+        m,
+        n,
+        k,
+        k_per_split,
+        codes.stride(0),
+        weight.stride(0),
+        n,
+        m * n,
+        SB_PER_N=sw.numel() > 1,
+        HAS_BIAS=has_bias,
+        FP8=fp8,
+        SPLIT_K=split > 1,
+        EVEN_K=k % cfg.block_k == 0,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k,
+        GROUP_M=cfg.group_m,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    if split > 1:
+        grid = (triton.cdiv(m, 16), triton.cdiv(n, 128))
+        _epilogue_kernel[grid](
+            target,
+            sx,
+            sw,
+            bias_arg,
+            out,
+            m,
+            n,
+            split,
+            m * n,
+            SCALE=False,
+            SB_PER_N=True,
+            HAS_BIAS=has_bias,
+            BLOCK_M=16,
+            BLOCK_N=128,
+            num_warps=4,
+        )
+    return out
+
+
+def _usable(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, weight_dtype: torch.dtype) -> bool:
     n, k = weight.shape
     return (
         (x.is_cuda or INTERPRET)
         and x.dtype in _DTYPES
-        and weight.dtype == code_dtype
+        and weight.dtype == weight_dtype
         and x.shape[-1] == k
         and weight_scale.numel() in (1, n)
     )
@@ -493,7 +507,43 @@ def fp8_linear(
 ) -> torch.Tensor:
     """fp8 e4m3 W8A8 (Triton / torch._scaled_mm); same contract as accel.runtime.ops.fp8_linear (the reference),
     which runs for inputs the kernels do not take and on GPUs without fp8 (before sm89)."""
-    fp8_ok = INTERPRET or (x.is_cuda and device_info(x.device).capability >= (8, 9))
-    if not (fp8_ok and _usable(x, weight_fp8, weight_scale, torch.float8_e4m3fn)):
+    if not (fp8_supported(x.device) and _usable(x, weight_fp8, weight_scale, torch.float8_e4m3fn)):
         return fp8_reference(x, weight_fp8, weight_scale, input_scale, bias)
     return _linear(x, weight_fp8, weight_scale, input_scale, bias, True, config)
+
+
+def w8a8_scaled_mm(
+    x_codes: torch.Tensor,
+    x_scale: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    *,
+    config: W8Config | None = None,
+) -> torch.Tensor:
+    """The W8A8 GEMM on activations already quantized (by quantize_rows, or the norm and SwiGLU kernels that quantize
+    their output): _scaled_mm with the linear ops' plan and paths, so w8a8_scaled_mm(*quantize_rows(x), ...) is
+    fp8_linear(x, ...) / w8a8_int8_linear(x, ...) bit for bit. Same contract as accel.runtime.ops.w8a8_scaled_mm
+    (the reference), which runs for inputs the kernels do not take: tensors off the GPU (unless TRITON_INTERPRET=1),
+    out_dtype other than fp16 / bf16 / fp32, e4m3 codes before sm89. `config` overrides the plan."""
+    check_w8a8_scaled_mm(x_codes, x_scale, weight, weight_scale, bias, out_dtype)
+    fp8 = x_codes.dtype == torch.float8_e4m3fn
+    device = x_codes.device
+    usable = (x_codes.is_cuda or INTERPRET) and out_dtype in _DTYPES and (not fp8 or fp8_supported(device))
+    if not usable:
+        return scaled_mm_reference(x_codes, x_scale, weight, weight_scale, bias, out_dtype)
+    n, k = weight.shape
+    lead = x_codes.shape[:-1]
+    codes = x_codes.reshape(-1, k)
+    if codes.stride(-1) != 1:
+        codes = codes.contiguous()
+    m = codes.shape[0]
+    if m == 0:
+        return _empty((m, n), out_dtype, device).reshape(*lead, n)
+    sx = x_scale.reshape(-1)
+    sx = (sx.expand(m) if sx.numel() == 1 else sx).contiguous()  # [M]: a [1] scale is every row's
+    cfg = _checked_plan(m, n, k, fp8, codes, out_dtype, config)
+    with torch.cuda.device(device) if codes.is_cuda else contextlib.nullcontext():
+        out = _scaled_mm(codes, sx, weight, weight_scale, bias, out_dtype, cfg)
+    return out.reshape(*lead, n)
