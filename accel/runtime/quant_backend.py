@@ -17,6 +17,10 @@ reference elsewhere.
       static per tensor
     anything else                any                  (as above)      (as above)           ReferenceLinear
 
+Dynamic per-token W8A8 layers also take activations a fused kernel already quantized (`QuantizedActivation`: the
+decoder's norms before q/k/v and gate/up emit them, ops rms_norm_quant / add_rms_norm_quant) and multiply those
+through op w8a8_scaled_mm, skipping their own quantization launch; `act_quant` names the format they take.
+
 "Anything else" is what an op's contract does not cover: act-order (g_idx) weights, per-group weights under
 quantized activations, static int8 or dynamic per-tensor activations, mixed int/fp8 layers, and any op not
 (yet) declared in ops.OPS. ReferenceLinear runs QuantLinear's own portable forward and reports backend

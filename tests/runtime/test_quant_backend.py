@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from accel.plugins import get_registry
-from accel.quantization.activation_quant import ActivationQuantArgs
+from accel.quantization.activation_quant import ActivationQuantArgs, quantize_activation
 from accel.quantization.pipeline import quantize_model
 from accel.quantization.qlinear import QuantLinear
 from accel.quantization.weight_quant import WeightQuantArgs, quantize
@@ -25,6 +25,7 @@ from accel.runtime.quant_backend import (
     DequantLinear,
     FP8Linear,
     KernelSelector,
+    QuantizedActivation,
     ReferenceLinear,
     W4A16Linear,
     W8A8Int8Linear,
@@ -209,6 +210,49 @@ def test_mixed_parts_do_not_stack(kernels) -> None:
     ]
     assert fuse_linears(parts) is None  # zero points on one side only
     assert fuse_linears([parts[0], runtime_linear(quant_linear(W8), kernels, torch.float32)]) is None
+
+
+# ------------------------------------------------------------------------------ already quantized activations
+
+
+@pytest.mark.parametrize(
+    ("args", "acts", "act_quant"),
+    [(W8, ActivationQuantArgs(), "int8"), (FP8, ActivationQuantArgs(type="float"), "fp8"), (FP8, STATIC_FP8, None),
+     (W4, None, None)],
+    ids=["int8", "fp8", "fp8-static", "w4a16"],
+)
+def test_w8a8_layers_take_activations_a_fused_kernel_quantized(args, acts, act_quant, kernels) -> None:
+    """Dynamic per-token W8A8 layers also take a QuantizedActivation (op w8a8_scaled_mm): the same output as
+    quantizing x themselves. A static-scale fp8 layer and a weight-only one take 16-bit x only."""
+    layer = quant_linear(args, acts)
+    if acts is not None and not acts.dynamic:
+        layer.input_scale = torch.tensor([0.05])
+    runtime = runtime_linear(layer, kernels, torch.bfloat16)
+    assert runtime.act_quant == act_quant
+    x = torch.randn(2, 3, 200, generator=torch.Generator().manual_seed(1)).bfloat16()
+    if act_quant is None:
+        return
+    fp8 = act_quant == "fp8"
+    codes, scale = quantize_activation(x, ActivationQuantArgs(type="float" if fp8 else "int"))
+    with torch.no_grad():
+        assert torch.equal(runtime(QuantizedActivation(codes, scale, x.dtype)), runtime(x))
+
+
+def test_a_layer_without_the_scaled_mm_op_refuses_quantized_activations(kernels) -> None:
+    runtime = runtime_linear(quant_linear(W8, ActivationQuantArgs()), kernels, torch.float32)
+    assert isinstance(runtime, W8A8Int8Linear)
+    runtime.scaled_mm = None
+    assert runtime.act_quant is None
+    codes, scale = quantize_activation(torch.randn(2, 200), ActivationQuantArgs())
+    with pytest.raises(ValueError, match="w8a8_scaled_mm is not available"):
+        runtime(QuantizedActivation(codes, scale, torch.float32))
+    layer = quant_linear(FP8, STATIC_FP8)
+    layer.input_scale = torch.tensor([0.05])
+    static = runtime_linear(layer, kernels, torch.float32)
+    assert static.act_quant is None
+    codes, scale = quantize_activation(torch.randn(2, 200), ActivationQuantArgs(type="float"))
+    with pytest.raises(ValueError, match="static input_scale"):
+        static(QuantizedActivation(codes, scale, torch.float32))
 
 
 # ------------------------------------------------------------------------------------- artifacts (bundled)
