@@ -8,6 +8,9 @@ One request's path (gpt-fast's generate.py, batched):
    host, so on CUDA the step is captured once per batch size in a CUDA graph (after warm-up on a side stream;
    optionally torch.compile'd first) and each step is one replay. Speculative decoding's verification step
    (T = k + 1 tokens per row, `step`) is captured the same way for the widths named in `step_widths`.
+   The prefill itself can be captured too (`prefill_graphs`: prompt widths W, one graph per batch size and W):
+   prompts are right-padded to the smallest captured W that holds them and the graph replays; a long prefill
+   enqueues ~1000 launches, which on a fast card takes longer than they run (FP8's does: KERNEL_NOTES.md).
 3. sampling: greedy is argmax; otherwise p = softmax(logits / temperature) limited to the top_k tokens and to
    the smallest set of tokens whose probability reaches top_p, and token = argmax(p / E) with E ~ Exp(1),
    which draws token i with probability p_i (the exponential race, as gpt-fast samples without a host sync).
@@ -18,6 +21,7 @@ eos set, the host checks every EOS_CHECK_INTERVAL steps whether all rows are don
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from collections.abc import Sequence
@@ -120,6 +124,19 @@ class _CapturedStep:
     heads: torch.Tensor | None
 
 
+@dataclass
+class _CapturedPrefill:
+    """One (batch size, prompt width W) prefill in a CUDA graph: static right-padded tokens [B, W] and row
+    lengths [B] in, logits after each row's last prompt token [B, vocab] and, with draft heads, their tokens
+    [B, K] out."""
+
+    graph: torch.cuda.CUDAGraph
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    logits: torch.Tensor
+    heads: torch.Tensor | None
+
+
 class Generator:
     """Generation with a static KV cache of `max_batch` rows x `max_seq` positions on the model's device.
 
@@ -127,6 +144,11 @@ class Generator:
     torch.compile(mode="max-autotune-no-cudagraphs") on the step first. On CPU the step runs eagerly.
     step_widths: widths T > 1 whose `step` is captured too (one graph per batch size and width, at the batch's
     first prefill), for speculative verification of k drafts (T = k + 1); other widths run eagerly.
+    prefill_graphs: prompt widths W (tokens per row after right padding, each <= max_seq) whose prefill is
+    captured, one graph per batch size and W at the first prefill that needs it (needs cuda_graphs). A batch
+    whose longest prompt has L tokens is padded to the smallest W >= L and replays that graph: bits as an eager
+    prefill of that padded batch (padding sits after every row's length: causal attention never reads it, decode
+    overwrites its K/V). Longer prompts run eagerly. Each graph keeps its activations in the graph pool.
     cache: a cache to decode through instead of the model's static one (e.g. kv_runtime's PagedKVCache); it sets
     max_batch, max_seq and the KV format, and CUDA graphs default to off when it is not capturable.
     metrics: an observer (accel.integration.metrics.ServingMetrics) told the model and cache once (observe_setup)
@@ -145,6 +167,7 @@ class Generator:
         cuda_graphs: bool | None = None,
         compile: bool = False,
         step_widths: Sequence[int] = (),
+        prefill_graphs: Sequence[int] = (),
         cache: RuntimeKVCache | None = None,
         metrics: GenerationObserver | None = None,
         draft_heads: DraftHeads | None = None,
@@ -179,7 +202,20 @@ class Generator:
             )
             self._step = torch.compile(self._forward, mode="max-autotune-no-cudagraphs", dynamic=False)
         self.step_widths = tuple(sorted(set(step_widths)))
+        self.prefill_graphs = tuple(sorted(set(prefill_graphs)))
+        if self.prefill_graphs and not self.cuda_graphs:
+            raise ValueError(
+                "prefill_graphs needs CUDA graphs (a model on a CUDA device, a capturable cache, cuda_graphs not "
+                "False); pass prefill_graphs=() to prefill eagerly"
+            )
+        bad = [width for width in self.prefill_graphs if not 1 <= width <= self.max_seq]
+        if bad:
+            raise ValueError(
+                f"prefill_graphs are padded prompt widths from 1 to max_seq {self.max_seq}, got {bad}; raise "
+                "max_seq or drop them"
+            )
         self._graphs: dict[tuple[int, int], _CapturedStep] = {}
+        self._prefills: dict[tuple[int, int], _CapturedPrefill] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self._lengths: list[int] = []
         self.metrics = metrics
@@ -221,7 +257,7 @@ class Generator:
         of the first `batch` rows, so this runs before those rows are prefilled."""
         cache = self.cache.rows(batch)
         tokens = torch.zeros(batch, width, dtype=torch.long, device=self.model.device)
-        stream = torch.cuda.Stream(device=self.model.device)
+        stream = _warmup_stream(self.model.device)
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(WARMUP_STEPS):
@@ -233,6 +269,46 @@ class Generator:
         with torch.cuda.graph(graph, pool=self._pool):
             logits, greedy, heads = self._step(tokens)
         return _CapturedStep(graph, tokens, logits, greedy, heads)
+
+    def _prefill_forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The prefill that is captured: right-padded tokens [B, W], lengths [B] -> (logits after each row's last
+        prompt token [B, vocab], draft heads' tokens [B, K] or None)."""
+        if self.draft_heads is None:
+            return self.model.prefill(tokens, lengths, self.cache), None
+        logits, hidden = self.model.prefill_hidden(tokens, lengths, self.cache)
+        return logits, self.draft_heads.draft(hidden, self.model.lm_head)
+
+    def _prefill_width(self, width: int) -> int | None:
+        """The captured prompt width a batch whose longest prompt has `width` tokens pads to (None: eager)."""
+        return next((captured for captured in self.prefill_graphs if captured >= width), None)
+
+    def _prepare(self, prompts: Sequence[Sequence[int]]) -> None:
+        """Capture what a batch of these prompts replays and is not captured yet: the decode step and step widths
+        for its batch size, and its prefill width. Runs before the rows are prefilled (warm-ups write them)."""
+        if not self.cuda_graphs:
+            return
+        batch = len(prompts)
+        self._capture_all(batch)
+        width = self._prefill_width(max(len(prompt) for prompt in prompts))
+        if width is not None and (batch, width) not in self._prefills:
+            self._prefills[batch, width] = self._capture_prefill(batch, width)
+
+    def _capture_prefill(self, batch: int, width: int) -> _CapturedPrefill:
+        """Warm the prefill of `batch` rows of `width` tokens up on a side stream, then capture it."""
+        device = self.model.device
+        tokens = torch.zeros(batch, width, dtype=torch.long, device=device)
+        lengths = torch.full((batch,), width, dtype=torch.int32, device=device)
+        stream = _warmup_stream(device)
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.no_grad():
+            with torch.cuda.stream(stream):
+                for _ in range(WARMUP_STEPS):
+                    self._prefill_forward(tokens, lengths)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                logits, heads = self._prefill_forward(tokens, lengths)
+        return _CapturedPrefill(graph, tokens, lengths, logits, heads)
 
     def _run(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """One step for tokens [B, T] (any device): (logits [B, T, vocab], greedy [B, T], heads' tokens or None),
@@ -282,21 +358,28 @@ class Generator:
         return the logits after each prompt's last token [B, vocab]."""
         self._check_prompts(prompts, 0)
         batch = len(prompts)
-        if self.cuda_graphs:
-            self._capture_all(batch)
-        width = max(len(prompt) for prompt in prompts)
+        self._prepare(prompts)
+        longest = max(len(prompt) for prompt in prompts)
+        width = self._prefill_width(longest) or longest
+        captured = self._prefills.get((batch, width))
         padded = [list(prompt) + [0] * (width - len(prompt)) for prompt in prompts]
-        device = self.model.device
-        tokens = torch.tensor(padded, dtype=torch.long, device=device)  # [B, T]
-        lengths = torch.tensor([len(prompt) for prompt in prompts], dtype=torch.int32, device=device)
+        # Host tensors: one copy each into the graph's static inputs or onto the device.
+        tokens = torch.tensor(padded, dtype=torch.long)  # [B, W]
+        lengths = torch.tensor([len(prompt) for prompt in prompts], dtype=torch.int32)
         with torch.no_grad():
-            if self.draft_heads is None:
-                logits = self.model.prefill(tokens, lengths, self.cache)
+            if captured is None:
+                device = self.model.device
+                logits, drafted = self._prefill_forward(tokens.to(device), lengths.to(device))
             else:
-                logits, hidden = self.model.prefill_hidden(tokens, lengths, self.cache)
-                drafted = self.draft_heads.draft(hidden, self.model.lm_head)  # [B, K]
-                # As if the last prompt token were the last step's only row (MedusaDraft reads row 0).
-                self._last_heads = (len(prompts[0]) - 1, drafted[:, None])
+                captured.tokens.copy_(tokens, non_blocking=True)
+                captured.lengths.copy_(lengths, non_blocking=True)
+                captured.graph.replay()
+                # The graph's buffers are overwritten by its next replay: hand back copies.
+                logits = captured.logits.clone()
+                drafted = None if captured.heads is None else captured.heads.clone()
+        if drafted is not None:
+            # As if the last prompt token were the last step's only row (MedusaDraft reads row 0).
+            self._last_heads = (len(prompts[0]) - 1, drafted[:, None])  # drafted [B, K]
         self._lengths = [len(prompt) for prompt in prompts]
         return logits
 
@@ -369,8 +452,7 @@ class Generator:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         self._check_prompts(prompts, max_new_tokens)
         batch, device = len(prompts), self.model.device
-        if self.cuda_graphs:
-            self._capture_all(batch)  # before the clock starts: capture is set-up, not TTFT
+        self._prepare(prompts)  # before the clock starts: capture is set-up, not TTFT
         generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
         eos_ids = None if eos is None else torch.tensor([eos] if isinstance(eos, int) else list(eos), device=device)
 
@@ -407,6 +489,13 @@ class Generator:
         if self.metrics is not None:
             self.metrics.observe_generation(result)
         return result
+
+
+@functools.cache
+def _warmup_stream(device: torch.device) -> torch.cuda.Stream:
+    """The side stream every capture warms up on, one per device: cuBLAS keeps a workspace per stream it ran on,
+    held for the process's life, so a fresh stream per capture would grow memory with every Generator."""
+    return torch.cuda.Stream(device=device)
 
 
 def _synchronize(device: torch.device) -> None:

@@ -12,10 +12,13 @@ Two models:
   fraction of greedy tokens (batch 1, first --new-tokens) equal to the bf16 runtime's, a sanity check only.
 
 Per configuration, each phase after a warm-up run (CUDA graph capture, kernel autotuning):
-1. long prompt at batch 1 (prompt_len tokens): ttft_ms = median over repeats of Generator.generate(prompt, 1)
-   .ttft_s (prefill + first token, synchronised). Then one prefill and new_tokens - 1 decode steps, with the CUDA
-   peak-memory counter reset before each phase: prefill_peak_gb and decode_peak_gb are each phase's
-   torch.cuda.max_memory_allocated (weights, KV cache and activations).
+1. long prompt at batch 1 (prompt_len tokens): ttft_eager_ms = median over repeats of Generator.generate(prompt,
+   1).ttft_s (prefill + first token, synchronised) with the prefill run eagerly. Then one prefill and new_tokens -
+   1 decode steps, with the CUDA peak-memory counter reset before each phase: prefill_peak_gb and decode_peak_gb
+   are each phase's torch.cuda.max_memory_allocated (weights, KV cache and activations; eager prefill). With
+   prefill_graph (CUDA): a second Generator captures the prefill of prompt_len tokens (prefill_graphs) and ttft_ms
+   is measured the same way on its replays; graph_pool_gb is what its CUDA graphs (the prefill's and the batch-1
+   decode step's) keep reserved. Without it ttft_ms is the eager time.
 2. throughput at each batch B (prompts of decode_prompt_len tokens): `repeats` generates of new_tokens tokens;
    per repeat tokens/s = B / median decode step (CUDA events); tps_bB is the median over repeats and cv_bB its
    stdev / mean. tpot_ms is the median decode step at batch 1 over all repeats.
@@ -122,6 +125,7 @@ class BenchSettings:
     layers: int | None = None
     seed: int = 0
     compile: bool = False  # torch.compile the runtime's step before capturing it (every config alike)
+    prefill_graph: bool = True  # capture the long prompt's prefill in a CUDA graph for ttft_ms (CUDA; every config)
 
     def check(self) -> None:
         if self.model not in MODELS:
@@ -247,8 +251,14 @@ def _synchronize(device: torch.device) -> None:
 
 
 def _free() -> None:
+    """Release what a finished configuration held: its tensors, the allocator's cache and cuBLAS's per-stream
+    workspaces (kept for the process's life otherwise, so they would count in the next configuration's peaks)."""
     gc.collect()
     if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+        if clear_workspaces is not None:
+            clear_workspaces()
         torch.cuda.empty_cache()
 
 
@@ -293,11 +303,19 @@ def measure_runtime(model: nn.Module, config: BenchConfig, settings: BenchSettin
     device, s = model.device, settings
     row: dict[str, Any] = {"weights_gb": _tensor_gb(model), "kernels": model.kernel_meta()}
     long = prompts(1, s.prompt_len)
-    generator = Generator(
-        model, max_batch=1, max_seq=s.prompt_len + s.new_tokens, kv_format=config.kv_format, compile=s.compile
-    )
+
+    def long_prompt_generator(prefill_graphs: tuple[int, ...]) -> Generator:
+        return Generator(
+            model, max_batch=1, max_seq=s.prompt_len + s.new_tokens, kv_format=config.kv_format, compile=s.compile,
+            prefill_graphs=prefill_graphs,
+        )
+
+    def ttft_ms(generator: Generator) -> float:
+        return 1e3 * statistics.median(generator.generate(long, 1).ttft_s for _ in range(s.repeats))
+
+    generator = long_prompt_generator(())
     generator.generate(long, 1)
-    row["ttft_ms"] = 1e3 * statistics.median(generator.generate(long, 1).ttft_s for _ in range(s.repeats))
+    row["ttft_ms"] = row["ttft_eager_ms"] = ttft_ms(generator)
     with _Peak(device) as prefill:
         token = generator.prefill(long).argmax(dim=-1, keepdim=True)  # [1, 1]
     with _Peak(device) as decode:
@@ -306,6 +324,15 @@ def measure_runtime(model: nn.Module, config: BenchConfig, settings: BenchSettin
     row["prefill_peak_gb"], row["decode_peak_gb"] = prefill.gb, decode.gb
     del generator
     _free()
+    if s.prefill_graph and device.type == "cuda":
+        generator = long_prompt_generator((s.prompt_len,))
+        reserved = torch.cuda.memory_reserved(device)
+        generator.generate(long, 1)  # captures the decode step and the prefill
+        torch.cuda.empty_cache()  # what stays reserved past this is the graphs' private pool
+        row["graph_pool_gb"] = (torch.cuda.memory_reserved(device) - reserved) / 1e9
+        row["ttft_ms"] = ttft_ms(generator)
+        del generator
+        _free()
 
     generator = Generator(
         model,
@@ -412,9 +439,10 @@ def add_ratios(rows: list[dict], settings: BenchSettings) -> None:
 
 
 def columns(settings: BenchSettings) -> list[str]:
-    cols = ["config", "ttft_ms", "tpot_ms", *[f"tps_b{b}" for b in settings.batches], "cv_max", "weights_gb",
-            "prefill_peak_gb", "decode_peak_gb", *[f"tps_b{b}_x_bf16" for b in settings.batches], "tps_b1_x_hf",
-            "ttft_saving", "prefill_mem_saving", "decode_mem_saving"]
+    cols = ["config", "ttft_ms", "ttft_eager_ms", "tpot_ms", *[f"tps_b{b}" for b in settings.batches], "cv_max",
+            "weights_gb", "prefill_peak_gb", "decode_peak_gb", "graph_pool_gb",
+            *[f"tps_b{b}_x_bf16" for b in settings.batches], "tps_b1_x_hf", "ttft_saving", "prefill_mem_saving",
+            "decode_mem_saving"]
     return [*cols, "agreement", "error"] if settings.model == "bundled" else [*cols, "error"]
 
 
@@ -486,10 +514,12 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = lambda messa
 
 
 NOTES = (
-    "ttft_ms: prefill of prompt_len tokens at batch 1 + first token (median of repeats). tpot_ms: median decode "
-    "step at batch 1. tps_bB: decode tokens/s at batch B (prompts of decode_prompt_len tokens; median over repeats "
-    "of B / median step), cv_max: largest coefficient of variation of tokens/s over repeats. Peaks: "
-    "torch.cuda.max_memory_allocated per phase (weights included) at the long prompt, batch 1. _x_bf16 / _x_hf: "
+    "ttft_ms: prefill of prompt_len tokens at batch 1 + first token (median of repeats), the prefill replaying a "
+    "CUDA graph when prefill_graph is on (CUDA), ttft_eager_ms: the same with the prefill run eagerly. tpot_ms: "
+    "median decode step at batch 1. tps_bB: decode tokens/s at batch B (prompts of decode_prompt_len tokens; median "
+    "over repeats of B / median step), cv_max: largest coefficient of variation of tokens/s over repeats. Peaks: "
+    "torch.cuda.max_memory_allocated per phase (weights included) at the long prompt, batch 1, eager prefill; "
+    "graph_pool_gb: memory the captured prefill and decode graphs keep reserved besides. _x_bf16 / _x_hf: "
     "ratios to the runtime's bf16 row / HF eager generate of the same run; *_saving = 1 - value / bf16 value."
 )
 

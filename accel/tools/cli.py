@@ -401,6 +401,10 @@ def bench_command(
     compile_step: bool = typer.Option(
         False, "--compile", help="torch.compile the runtime's step before capturing it (all configs alike)."
     ),
+    prefill_graph: bool = typer.Option(
+        True, "--prefill-graph/--no-prefill-graph",
+        help="Time TTFT on a CUDA-graph prefill of the long prompt (CUDA; the eager time is reported beside it).",
+    ),
     layers: int | None = typer.Option(None, "--layers", help="Decoder layers of llama3-8b (fewer for smoke runs)."),
     seed: int = typer.Option(0, "--seed"),
     out: Path | None = typer.Option(None, "--out", help="Write the results JSON here (and .md beside it)."),
@@ -419,6 +423,7 @@ def bench_command(
         configs=tuple(c.strip() for c in (configs or ",".join(CONFIGS)).split(",") if c.strip()),
         batches=_int_list("--batch", batch), prompt_len=prompt_len, decode_prompt_len=decode_prompt_len,
         new_tokens=new_tokens, repeats=repeats, layers=layers, seed=seed, compile=compile_step,
+        prefill_graph=prefill_graph,
     )
     try:
         settings.check()

@@ -1,6 +1,6 @@
 """Generation on the runtime: greedy equals transformers' generate token for token, ragged batches equal each
 prompt alone, a multi-token step equals single steps, sampling is seeded, bad input is named; on a GPU the
-CUDA-graph decode equals eager."""
+CUDA-graph decode equals eager, and a captured prefill equals the eager prefill of the same padded batch."""
 
 from __future__ import annotations
 
@@ -115,6 +115,8 @@ def test_bad_input_names_the_field(generator: Generator, prompts) -> None:
         generator.generate([prompts[0]], 0)
     with pytest.raises(ValueError, match="kv_format must be one of"):
         Generator(generator.model, kv_format="int2")
+    with pytest.raises(ValueError, match="prefill_graphs needs CUDA graphs"):
+        Generator(generator.model, max_seq=64, prefill_graphs=(32,))
     generator.prefill([prompts[0]])
     with pytest.raises(ValueError, match="past max_seq 64"):
         generator.step(torch.ones(1, 64 - len(prompts[0]) + 1, dtype=torch.long))
@@ -162,11 +164,7 @@ def test_sample_draws_by_probability() -> None:
 # ------------------------------------------------------------------------------------- GPU
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("kv_format", ["none", "int8"])
-@pytest.mark.parametrize("quant", ["none", "w4a16"])
-def test_cuda_graph_decode_equals_eager(kv_format: str, quant: str) -> None:
+def _small_gpu_model(quant: str, kv_format: str) -> DecoderModel:
     config = LlamaConfig(
         vocab_size=4096,
         hidden_size=512,
@@ -176,7 +174,19 @@ def test_cuda_graph_decode_equals_eager(kv_format: str, quant: str) -> None:
         num_key_value_heads=2,
         max_position_embeddings=512,
     )
-    model = random_model(config, dtype=torch.bfloat16, device="cuda", quant=quant, kv_format=kv_format)
+    return random_model(config, dtype=torch.bfloat16, device="cuda", quant=quant, kv_format=kv_format)
+
+
+def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual.float() - expected.float()).abs().max() / expected.float().abs().max())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kv_format", ["none", "int8"])
+@pytest.mark.parametrize("quant", ["none", "w4a16"])
+def test_cuda_graph_decode_equals_eager(kv_format: str, quant: str) -> None:
+    model = _small_gpu_model(quant, kv_format)
     prompts = [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10]]
     eager = Generator(model, max_batch=4, max_seq=64, cuda_graphs=False)
     expected = {batch: eager.generate(prompts[:batch], 16).tokens for batch in (3, 1)}
@@ -184,3 +194,50 @@ def test_cuda_graph_decode_equals_eager(kv_format: str, quant: str) -> None:
     for batch in (3, 1, 3):  # a graph per batch size; the third run replays the first graph on reused rows
         assert graphed.generate(prompts[:batch], 16).tokens == expected[batch], batch
     assert sorted(graphed._graphs) == [(1, 1), (3, 1)]  # (batch, step width)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize(("quant", "kv_format"), [("none", "none"), ("w4a16", "int8"), ("w8a8-fp8", "int8")])
+def test_cuda_graph_prefill_equals_eager_prefill_of_the_padded_batch(quant: str, kv_format: str) -> None:
+    model = _small_gpu_model(quant, kv_format)
+    prompts = [list(range(1, 20)), [7, 8, 9], list(range(100, 124))]
+    graphed = Generator(model, max_batch=4, max_seq=96, prefill_graphs=(16, 32))
+    with pytest.raises(ValueError, match=r"prefill_graphs are padded prompt widths from 1 to max_seq 96, got \[97\]"):
+        Generator(model, max_batch=4, max_seq=96, prefill_graphs=(32, 97))
+    reference = model.new_cache(4, 96)
+    for batch, width in ((3, 32), (1, 32), (2, 32), (3, 32)):  # (3, 32) again: a replay with other rows' history
+        rows = prompts[:batch]
+        logits = graphed.prefill(rows)
+        padded = torch.tensor([row + [0] * (width - len(row)) for row in rows], device="cuda")
+        lengths = torch.tensor([len(row) for row in rows], dtype=torch.int32, device="cuda")
+        with torch.no_grad():
+            expected = model.prefill(padded, lengths, reference)
+        assert torch.equal(logits, expected), (batch, _relative_error(logits, expected))
+    assert sorted(graphed._prefills) == [(1, 32), (2, 32), (3, 32)]  # (batch, padded width)
+    graphed.prefill([[5] * 10])  # 10 tokens: the 16-wide graph
+    assert (1, 16) in graphed._prefills
+    graphed.prefill([list(range(1, 41))])  # longer than every captured width: eager, nothing captured
+    assert len(graphed._prefills) == 4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize(("quant", "kv_format"), [("none", "none"), ("w4a16", "int8"), ("w8a8-fp8", "int8")])
+def test_decode_after_a_padded_graph_prefill_follows_the_eager_one(quant: str, kv_format: str) -> None:
+    """The padding's K/V sit in the cache past each row's length: decode must neither read them nor keep them."""
+    model = _small_gpu_model(quant, kv_format)
+    prompts = [list(range(1, 20)), [7, 8, 9], list(range(100, 124))]
+    eager = Generator(model, max_batch=4, max_seq=96, cuda_graphs=False)
+    graphed = Generator(model, max_batch=4, max_seq=96, prefill_graphs=(48,))
+    follow = torch.tensor([[11, 12, 13, 14, 15, 16]] * len(prompts))  # the same tokens fed to both, one a step
+
+    def logits(generator: Generator) -> torch.Tensor:  # [1 + steps, B, vocab]
+        out = [generator.prefill(prompts)]
+        out += [generator.step(follow[:, i : i + 1])[:, 0] for i in range(follow.shape[1])]
+        return torch.stack(out)
+
+    expected, actual = logits(eager), logits(graphed)
+    assert (len(prompts), 48) in graphed._prefills
+    # bf16 GEMMs of 48 and 24 rows may sum in other orders; padding K/V read by mistake would be O(1) off.
+    assert _relative_error(actual, expected) < 2e-2
