@@ -34,12 +34,12 @@ DECODE_SHAPES = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate+up", 28672, 4096
 
 def tma_candidates(cls, m: int, n: int, k: int, sms: int, supports, quick: bool):
     out = []
-    space = itertools.product((8, 16, 32, 64), (8, 16), (3, 4), (4, 8)) if not quick else [(16, 8, 3, 4)]
+    space = itertools.product((8, 16, 32, 64), (8, 16), (2, 3, 4), (4, 8)) if not quick else [(16, 8, 3, 4)]
     for bn, ng, stages, warps in space:
         steps = k // (ng * 128)
         tiles = -(-n // bn) * m
-        for per_sm in (2, 4, 8):
-            want = max(1, min(steps, -(-per_sm * sms // tiles)))
+        for per_sm in (0, 2, 4, 8):  # 0: no split-K whatever the tile count (session 9: best for o at M=1)
+            want = 1 if per_sm == 0 else max(1, min(steps, -(-per_sm * sms // tiles)))
             split = next(s for s in range(want, 0, -1) if steps % s == 0)
             cfg = cls(bn, ng, split, stages, warps)
             if supports(n, k, cfg):
