@@ -177,12 +177,16 @@ def test_cuda_graph_medusa_equals_plain_greedy():
     heads = random_heads(256, 3, seed=4).to(device="cuda", dtype=torch.bfloat16)
     expected = Generator(model, max_seq=300).generate([PROMPT], 200).tokens[0]
     for graphs in (False, True):
-        generator = Generator(model, max_seq=300, step_widths=(4,), draft_heads=heads, cuda_graphs=graphs)
+        # With graphs the prefill is captured too, at the prompt's own width (no padding: the same bits as eager).
+        prefill_graphs = (len(PROMPT),) if graphs else ()
+        generator = Generator(model, max_seq=300, step_widths=(4,), draft_heads=heads, cuda_graphs=graphs,
+                              prefill_graphs=prefill_graphs)
         tokens, metrics = speculative_generate_runtime(generator, PROMPT, 200, MedusaDraft(generator), k=3)
         assert tokens[0].tolist() == expected, graphs
         assert metrics.num_drafts > 0
         if graphs:
             assert sorted(generator._graphs) == [(1, 1), (1, 4)]
+            assert sorted(generator._prefills) == [(1, len(PROMPT))]
 
 
 def test_generator_drafts_are_the_heads_on_the_targets_hidden_states():
