@@ -27,9 +27,9 @@ from kernels_w4a16 import GROUP, SETS, copy_bandwidth, graph_us, rel_err, torch_
 
 from accel.runtime.packing import pack_int32
 
-# The other W4A16 GEMVs of a Llama-3-8B decode step as the runtime fuses them (q/k/v, o, gate+up), tuned for the
-# dense TMA GEMV only.
-DECODE_SHAPES = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate+up", 28672, 4096)]
+# The other W4A16 GEMVs of a Llama-3-8B decode step as the runtime fuses them (q/k/v, o, gate+up, and lm_head when
+# it is quantized too), tuned for the dense TMA GEMV only.
+DECODE_SHAPES = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate+up", 28672, 4096), ("lm_head", 128256, 4096)]
 
 
 def tma_candidates(cls, m: int, n: int, k: int, sms: int, supports, quick: bool):
@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--decode-shapes", action="store_true", help="also tune the dense TMA GEMV on " + ", ".join(
         name for name, *_ in DECODE_SHAPES))
     parser.add_argument("--k-scan", action="store_true", help="time vs K at N=14336: fixed cost per call by a fit")
+    parser.add_argument("--only", default="", help="comma-separated shape names to run (default: all)")
     args = parser.parse_args()
     if args.table_from:
         meta = json.loads(Path(args.table_from).read_text())["meta"]
@@ -134,6 +135,8 @@ def main() -> None:
     print(f"{props.name}: {sms} SMs, copy bandwidth {bw:.2f} TB/s", flush=True)
     rows, sweeps, tuned = [], [], {"dense": {}, "sparse": {}}
     for name, n, k in SHAPES + (DECODE_SHAPES if args.decode_shapes else []):
+        if args.only and name not in args.only.split(","):
+            continue
         with_sparse = (name, n, k) in SHAPES
         sets = [make_sparse(n, k, seed=40 + i) for i in range(SETS)]
         sparse = [(*sg.prepare_sparse24(v, i), s) for _, v, i, s, _ in sets]

@@ -114,10 +114,11 @@ def main() -> None:
     parser.add_argument("--ms", default=",".join(map(str, MS)))
     parser.add_argument("--write-table", action="store_true")
     parser.add_argument("--workers", type=int, default=14)
-    parser.add_argument("--decode-shapes", action="store_true", help="sweep q/k/v, o and gate+up instead")
+    parser.add_argument("--decode-shapes", action="store_true", help="sweep q/k/v, o, gate+up, lm_head instead")
     parser.add_argument("--bits", default="4,8", help="which weight widths to sweep (the other's columns stay empty)")
     parser.add_argument("--out-name", default="", help="results file stem (default kernels_tma_dot[_decode_shapes])")
     parser.add_argument("--table-from", default="", help="write the tuned table from a stored results JSON (no GPU)")
+    parser.add_argument("--only", default="", help="comma-separated shape names to run (default: all)")
     args = parser.parse_args()
     if args.table_from:
         data = json.loads(Path(args.table_from).read_text())
@@ -132,7 +133,8 @@ def main() -> None:
     props = torch.cuda.get_device_properties(0)
     sms = props.multi_processor_count
     ms = [int(v) for v in args.ms.split(",")]
-    shapes = DECODE_SHAPES if args.decode_shapes else SHAPES
+    shapes = [shape for shape in (DECODE_SHAPES if args.decode_shapes else SHAPES)
+              if not args.only or shape[0] in args.only.split(",")]
     widths = [int(b) for b in args.bits.split(",")]
     plan = {(bits, n, k, m): candidates(m, n, k, bits, sms) if bits in widths else []
             for bits in (4, 8) for _, n, k in shapes for m in ms}

@@ -759,13 +759,18 @@ def random_model(
     kv_format: str = "none",
     registry: PluginRegistry | None = None,
     fuse: bool = True,
+    quantize_lm_head: bool = False,
 ) -> DecoderModel:
     """A runtime model with random weights at `config`'s real shapes, for speed and memory measurements
     (Llama-3-8B shapes fit one GPU). Every tensor is made on `device` in its final dtype, one layer at a time, so
-    no float32 copy of the model ever exists. `quant` (RANDOM_QUANT) quantizes every decoder linear; the
-    embedding and lm_head stay in `dtype`. Weights are N(0, 0.02^2)-sized; norms are ones."""
+    no float32 copy of the model ever exists. `quant` (RANDOM_QUANT) quantizes every decoder linear, and lm_head
+    too with `quantize_lm_head` (an untied head of its own, as a profile that does not ignore lm_head quantizes it;
+    vLLM's GPTQ `lm_head_quantized`); the embedding stays in `dtype`. Weights are N(0, 0.02^2)-sized; norms are
+    ones."""
     if quant not in RANDOM_QUANT:
         raise ValueError(f"quant must be one of {RANDOM_QUANT}, got {quant!r}")
+    if quantize_lm_head and quant == "none":
+        raise ValueError("quantize_lm_head needs a weight format: quant is 'none'")
     device = torch.device(device)
     kernels = KernelSelector(device, registry)
     args = ModelArgs.from_config(config)
@@ -788,5 +793,8 @@ def random_model(
         module.bias = b
         return runtime_linear(module, kernels, dtype)
 
-    head = None if args.tie_word_embeddings else DenseLinear(dense(args.vocab_size, args.hidden_size))
+    if quantize_lm_head:
+        head: RuntimeLinear | None = linear("lm_head", args.vocab_size, args.hidden_size, False)
+    else:
+        head = None if args.tie_word_embeddings else DenseLinear(dense(args.vocab_size, args.hidden_size))
     return _assemble(args, kernels, kv_format, fuse, linear=linear, tensor=tensor, lm_head=head)

@@ -67,12 +67,14 @@ __all__ = [
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """One configuration: random_model's weight format (`quant`, "none" = 16-bit) and the KV cache format."""
+    """One configuration: random_model's weight format (`quant`, "none" = 16-bit), the KV cache format, and whether
+    lm_head is quantized too (by default it stays 16-bit, as llm-compressor's recipes ignore it)."""
 
     name: str
     quant: str
     kv_format: str
     description: str
+    lm_head: bool = False
 
 
 BASELINE = "bf16"
@@ -86,6 +88,8 @@ CONFIGS: dict[str, BenchConfig] = {
         BenchConfig("w8a16", "w8a16", "none", "int8 weights per channel, 16-bit activations"),
         BenchConfig("w8a8-int8", "w8a8-int8", "none", "int8 weights per channel, int8 activations per token"),
         BenchConfig("fp8", "w8a8-fp8", "none", "fp8 e4m3 weights per channel, fp8 activations per token"),
+        BenchConfig("w4a16-head", "w4a16", "none", "w4a16 with lm_head in int4 too (vLLM's GPTQ lm_head_quantized)",
+                    lm_head=True),
         BenchConfig("w4a16+kv8", "w4a16", "int8", "w4a16 weights, int8 KV cache"),
         BenchConfig("w4a16-2:4", "w4a16-2:4", "none", "2:4-sparse int4 weights: the 2:4 GEMV decodes, dense int4 "
                     "prefills (random weights only)"),
@@ -190,7 +194,7 @@ class _RandomLlama:
 
         s = self.settings
         return random_model(self.config, dtype=DTYPES[s.dtype], device=s.device, quant=config.quant, seed=s.seed,
-                            kv_format=config.kv_format)
+                            kv_format=config.kv_format, quantize_lm_head=config.lm_head)
 
     def hf(self) -> nn.Module:
         from transformers import AutoModelForCausalLM
@@ -229,12 +233,14 @@ class _Bundled:
         if config.quant != "none":
             if config.quant not in BUNDLED_PROFILES:
                 raise ValueError(f"config {config.name!r} runs on random weights only (--model llama3-8b)")
-            if config.quant not in self.quantized:
+            key = f"{config.quant}+head" if config.lm_head else config.quant
+            if key not in self.quantized:
                 quantized = copy.deepcopy(self.model)
-                profile = QuantizationProfile(**BUNDLED_PROFILES[config.quant])
-                quantize_model(quantized, self.tokenizer, profile, get_registry(), progress=False)
-                self.quantized[config.quant] = quantized
-            hf = self.quantized[config.quant]
+                fields = {**BUNDLED_PROFILES[config.quant], **({"ignore": []} if config.lm_head else {})}
+                quantize_model(quantized, self.tokenizer, QuantizationProfile(**fields), get_registry(),
+                               progress=False)
+                self.quantized[key] = quantized
+            hf = self.quantized[key]
         s = self.settings
         return from_hf(hf, dtype=DTYPES[s.dtype], device=s.device, kv_format=config.kv_format)
 

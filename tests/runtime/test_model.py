@@ -221,6 +221,20 @@ def test_random_model_is_seeded_and_in_its_dtype() -> None:
         random_model(config, quant="w3a3")
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_random_model_quantizes_lm_head_on_request(tied: bool) -> None:
+    config = small(LlamaConfig, tie_word_embeddings=tied)
+    runtime = random_model(config, dtype=torch.float32, quant="w4a16", group_size=32, quantize_lm_head=True)
+    assert runtime.lm_head.op == "w4a16_linear"  # its own int4 head, tied or not; the embedding stays dense
+    assert runtime.embed_weight.dtype == torch.float32
+    cache = runtime.new_cache(1, 8)
+    with torch.no_grad():
+        logits = runtime.prefill(torch.tensor([[1, 2, 3]]), torch.tensor([3]), cache)
+    assert logits.shape == (1, 256) and torch.isfinite(logits).all()
+    with pytest.raises(ValueError, match="quantize_lm_head needs a weight format"):
+        random_model(config, quantize_lm_head=True)
+
+
 @pytest.mark.parametrize("quant", ["none", "w4a16-asym"])
 def test_stacked_projections_equal_separate_ones(quant: str) -> None:
     config = small(Qwen2Config)  # q/k/v biases stack too

@@ -59,6 +59,18 @@ def test_hf_eager_row_and_ratios_against_it():
     assert hf["cv_b1"] is not None  # two repeats
 
 
+def test_quantized_lm_head_config_on_the_bundled_model():
+    settings = BenchSettings(model="bundled", device="cpu", configs=("w4a16", "w4a16-head"), batches=(1,),
+                             prompt_len=16, new_tokens=4, repeats=1)
+    rows = {row["config"]: row for row in run_bench(settings)["rows"]}
+    assert all("error" not in row for row in rows.values()), rows
+    # SmolLM2 ties lm_head to the embedding: the int4 head is an extra tensor beside the 16-bit embedding (49152 x
+    # 576 codes at 4 bits + one scale per 128), so the weights grow by about that much
+    extra = (rows["w4a16-head"]["weights_gb"] - rows["w4a16"]["weights_gb"]) * 1e9
+    assert extra == pytest.approx(49152 * 576 / 2 + 49152 * 576 / 128 * 4, rel=0.1)
+    assert len(rows["w4a16-head"]["tokens"]) == 4
+
+
 def test_ratios_and_failed_configs():
     settings = BenchSettings(batches=(1, 64))
     rows = [

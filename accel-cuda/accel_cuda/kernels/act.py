@@ -32,7 +32,7 @@ e4m3 codes need sm89+.
 
 Layouts the kernels do not take run the reference: a last dimension of non-unit stride, leading dimensions that do
 not collapse into one row stride, dtypes other than fp16 / bf16 / fp32, empty tensors, and tensors off the GPU
-(unless TRITON_INTERPRET=1).
+(unless TRITON_INTERPRET=1). Both kernels are launched with programmatic dependent launch on Hopper (pdl.py).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from accel.runtime.act_ops import silu_and_mul as reference
 from accel.runtime.fused_quant_ops import check_silu_and_mul_quant
 from accel.runtime.fused_quant_ops import silu_and_mul_quant as quant_reference
 from accel_cuda.kernels.norm import _row_stride
+from accel_cuda.kernels.pdl import pdl_enter, pdl_mode, pdl_release
 from accel_cuda.kernels.rowquant import ONE_PASS_MAX_K, _codes, _row_scale, code_dtype, fp8_supported, warps_for_row
 
 __all__ = ["ActConfig", "plan", "quant_plan", "silu_and_mul", "silu_and_mul_quant"]
@@ -75,15 +76,19 @@ def _silu_and_mul_kernel(
     stride_xm,
     I: tl.constexpr,  # noqa: E741 (the op's name for the intermediate size)
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Program (r, c): columns c * BLOCK .. + BLOCK of row r: x[r, :I] the gate, x[r, I:] up -> out [rows, I]."""
     row = tl.program_id(0).to(tl.int64)  # rows * 2I may pass 2^31 in a long prefill
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < I
     gate_ptrs = x_ptr + row * stride_xm + cols
+    pdl_enter(PDL)
     g = tl.load(gate_ptrs, mask=mask, other=0.0)
     up = tl.load(gate_ptrs + I, mask=mask, other=0.0)
-    tl.store(out_ptr + row * I + cols, _silu_and_mul(g, up), mask=mask)
+    y = _silu_and_mul(g, up)
+    pdl_release(PDL)
+    tl.store(out_ptr + row * I + cols, y, mask=mask)
 
 
 @triton.jit
@@ -96,6 +101,7 @@ def _silu_and_mul_quant_kernel(
     BLOCK: tl.constexpr,
     FP8: tl.constexpr,
     RECIP: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Program r: row r whole (BLOCK >= I): y = silu(gate) * up in x's dtype, then its scale to s_ptr [rows] and its
     codes (int8, or e4m3 when FP8) to q_ptr [rows, I] (RECIP: the scale as torch divides on CUDA)."""
@@ -103,12 +109,15 @@ def _silu_and_mul_quant_kernel(
     cols = tl.arange(0, BLOCK)
     mask = cols < I
     gate_ptrs = x_ptr + row * stride_xm + cols
+    pdl_enter(PDL)
     g = tl.load(gate_ptrs, mask=mask, other=0.0)
     up = tl.load(gate_ptrs + I, mask=mask, other=0.0)
     y = _silu_and_mul(g, up).to(tl.float32)  # masked columns: silu(0) * 0 = 0
     scale = _row_scale(tl.max(tl.abs(y), axis=0), RECIP, FP8)
+    codes = _codes(y, scale, FP8)
+    pdl_release(PDL)
     tl.store(s_ptr + row, scale)
-    tl.store(q_ptr + row * I + cols, _codes(y, scale, FP8), mask=mask)
+    tl.store(q_ptr + row * I + cols, codes, mask=mask)
 
 
 @dataclass(frozen=True)
@@ -145,9 +154,10 @@ def silu_and_mul(x: torch.Tensor, *, config: ActConfig | None = None) -> torch.T
     rows = x.numel() // x.shape[-1]
     out = torch.empty((*x.shape[:-1], inter), dtype=x.dtype, device=x.device)
     cfg = config or plan(inter, x.element_size())
+    pdl = pdl_mode(x.device)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         _silu_and_mul_kernel[(rows, triton.cdiv(inter, cfg.block))](
-            x, out, row_stride, I=inter, BLOCK=cfg.block, num_warps=cfg.num_warps
+            x, out, row_stride, I=inter, BLOCK=cfg.block, PDL=pdl, num_warps=cfg.num_warps, launch_pdl=bool(pdl)
         )
     return out
 
@@ -185,7 +195,9 @@ def silu_and_mul_quant(
             return codes.reshape(*lead, inter), scale.reshape(*lead, 1)
         codes = torch.empty((*lead, inter), dtype=code_dtype(fp8), device=x.device)
         scale = torch.empty((*lead, 1), dtype=torch.float32, device=x.device)
+        pdl = pdl_mode(x.device)
         _silu_and_mul_quant_kernel[(rows,)](
-            x, codes, scale, row_stride, I=inter, BLOCK=cfg.block, FP8=fp8, RECIP=x.is_cuda, num_warps=cfg.num_warps
+            x, codes, scale, row_stride, I=inter, BLOCK=cfg.block, FP8=fp8, RECIP=x.is_cuda, PDL=pdl,
+            num_warps=cfg.num_warps, launch_pdl=bool(pdl),
         )
     return codes, scale

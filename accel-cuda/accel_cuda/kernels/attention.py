@@ -37,6 +37,10 @@ Position handling: query t of row b is at p = seq_lens[b] - T + t and sees posit
 for a row may hold none of a query's positions (T > 1): that query's partial has lse = -inf and output 0.
 The number of splits is fixed by the cache capacity (not the lengths), so the launch needs no host sync and a
 CUDA graph can capture it.
+
+Both launches (split, and reduce after it) use programmatic dependent launch on Hopper (pdl.py): every program waits
+for the previous kernel before its first load (seq_lens included), and lets the next one launch once its main loop
+is done.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ import triton.language as tl
 from accel.runtime.kv_ops import KV_FORMATS, KV_INT4_GROUP
 from accel.runtime.kv_ops import cached_attention as reference
 from accel_cuda.kernels.device import device_info
+from accel_cuda.kernels.pdl import pdl_enter, pdl_mode, pdl_release
 
 __all__ = ["AttnConfig", "cached_attention", "plan"]
 
@@ -191,12 +196,14 @@ def _split_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     split = tl.program_id(1)
     pid_r = tl.program_id(2)
     b = pid_bh // HKV
     h = pid_bh % HKV
+    pdl_enter(PDL)  # before any load: seq_lens too may come from the kernel before
     seq_len = tl.load(lens_ptr + b).to(tl.int32)
     start = split * CHUNK
     if start < seq_len:
@@ -326,6 +333,7 @@ def _split_kernel(
                         v_scale = tl.load(vs_base + offs_n * stride_vsn, mask=n_mask, other=0.0)
                         p = p * v_scale[None, :]
                     acc = tl.dot(p.to(dt), vt.to(dt), acc * alpha[:, None], input_precision=PRECISION)
+        pdl_release(PDL)  # splits past the length exit without it: an exit releases too
         has = l_i > 0
         inv_l = tl.where(has, 1.0 / tl.where(has, l_i, 1.0), 0.0)
         if DIRECT:
@@ -397,6 +405,7 @@ def _fma_kernel(
     REPS: tl.constexpr,
     LANES: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """The split launch on CUDA cores (v3), for few query rows per KV head (decode): fp32 FMAs on [REPS, LANES, D]
     tiles in the cache's own layout (16-byte loads along head_dim, no token-pair shuffle for V, no padding of the
@@ -409,6 +418,7 @@ def _fma_kernel(
     pid_r = tl.program_id(2)
     b = pid_bh // HKV
     h = pid_bh % HKV
+    pdl_enter(PDL)
     seq_len = tl.load(lens_ptr + b).to(tl.int32)
     start = split * CHUNK
     if start < seq_len:
@@ -456,6 +466,7 @@ def _fma_kernel(
             if FMT != 0:
                 p = p * tl.sum(tl.load(vs_base + offs_n * stride_vsn, mask=n_mask, other=0.0), axis=3)
             acc = acc * alpha[:, :, :, None] + tl.sum(p[:, :, :, None] * _codes_f32(vt, FMT), axis=2, keep_dims=True)
+        pdl_release(PDL)
         m_i = tl.reshape(m_i, (BLOCK_R, LANES))
         l_i = tl.reshape(l_i, (BLOCK_R, LANES))
         acc = tl.reshape(acc, (BLOCK_R, LANES, BLOCK_D))
@@ -492,12 +503,14 @@ def _reduce_kernel(
     D: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """out[row] = sum over live splits of 2^(lse_i - m) o_i / sum 2^(lse_i - m); splits past the length were never
     written and are not read."""
     pid = tl.program_id(0)  # (b * HKV + h) * R + r
     bh = pid // R
     r = pid % R
+    pdl_enter(PDL)  # the split launch's partials
     seq_len = tl.load(lens_ptr + bh // HKV).to(tl.int32)
     live = tl.cdiv(seq_len, CHUNK)
     offs_s = tl.arange(0, BLOCK_S)
@@ -509,6 +522,7 @@ def _reduce_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     o = tl.load(o_ptr + part[:, None] * D + offs_d[None, :], mask=s_mask[:, None] & (offs_d < D)[None, :], other=0.0)
     y = tl.sum(o * w[:, None], axis=0) / tl.sum(w, axis=0)
+    pdl_release(PDL)
     tl.store(out_ptr + pid.to(tl.int64) * D + offs_d, y.to(out_ptr.dtype.element_ty), mask=offs_d < D)
 
 
@@ -673,6 +687,7 @@ def cached_attention(
         and v_codes.data_ptr() % 4 == 0
     )
     block_r = min(cfg.block_r, _pow2_at_least(rows)) if variant == "fma" else cfg.block_r
+    pdl = pdl_mode(q.device)
     common = (
         q,
         k_codes,
@@ -718,9 +733,11 @@ def cached_attention(
                 REPS=reps,
                 LANES=lanes,
                 BLOCK_D=block_d,
+                PDL=pdl,
                 num_warps=cfg.num_warps,
                 num_stages=cfg.num_stages,
                 maxnreg=cfg.max_regs,
+                launch_pdl=bool(pdl),
             )
         else:
             _split_kernel[grid](
@@ -736,9 +753,11 @@ def cached_attention(
                 BLOCK_R=block_r,
                 BLOCK_N=cfg.block_n,
                 BLOCK_D=block_d,
+                PDL=pdl,
                 num_warps=cfg.num_warps,
                 num_stages=cfg.num_stages,
                 maxnreg=cfg.max_regs,
+                launch_pdl=bool(pdl),
             )
         if not direct:
             _reduce_kernel[(b * hkv * rows,)](
@@ -753,6 +772,8 @@ def cached_attention(
                 D=d,
                 BLOCK_S=_pow2_at_least(splits),
                 BLOCK_D=_pow2_at_least(d),
+                PDL=pdl,
                 num_warps=4,
+                launch_pdl=bool(pdl),
             )
     return out

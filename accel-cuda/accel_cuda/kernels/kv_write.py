@@ -28,6 +28,9 @@ Positions are read on the device, so a CUDA graph can capture the write and repl
 position outside [0, S) is skipped instead of written out of bounds (the contract leaves it undefined). Layouts the
 kernel does not take (non-unit channel stride, "none" with a dtype cast, int4 zero points strided unlike their
 scales, head_dim > 1024) run the reference.
+
+Launched with programmatic dependent launch on Hopper (pdl.py): each program waits for the previous kernel before
+it reads the positions, and lets the next one launch once its K tokens are written.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import triton.language as tl
 
 from accel.runtime.kv_ops import KV_INT4_GROUP, check_kv_cache_write
 from accel.runtime.kv_ops import kv_cache_write as reference
+from accel_cuda.kernels.pdl import pdl_enter, pdl_mode, pdl_release
 
 __all__ = ["WriteConfig", "kv_cache_write", "plan"]
 
@@ -205,14 +209,17 @@ def _kv_write_kernel(
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_G: tl.constexpr,
+    PDL: tl.constexpr,
 ):
-    """Program (b, h, token block): K then V of BLOCK_T new tokens of row b, head h, stored at their positions."""
+    """Program (b, h, token block): K then V of BLOCK_T new tokens of row b, head h, stored at their positions.
+    PDL: pdl.py's mode (the next kernel may launch once K is written)."""
     pid = tl.program_id(0)  # (b * H + h) * NT + token block
     bh = pid // NT
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     offs_t = (pid % NT) * BLOCK_T + tl.arange(0, BLOCK_T)
     t_mask = offs_t < T
+    pdl_enter(PDL)
     pos = tl.load(pos_ptr + b * stride_pb + offs_t * stride_pt, mask=t_mask, other=0).to(tl.int64)
     ok = t_mask & (pos >= 0) & (pos < S)  # out-of-range positions are skipped, never written out of bounds
     pos = tl.where(ok, pos, 0)
@@ -226,9 +233,11 @@ def _kv_write_kernel(
         kz = kz_ptr + b * stride_ksb + h * stride_ksh
         vz = vz_ptr + b * stride_vsb + h * stride_vsh
         _write_int4(k_rows, stride_kt, kc, ks, kz, stride_kcs, stride_kss, offs_t, pos, ok, D, RECIP, BLOCK_G)
+        pdl_release(PDL)
         _write_int4(v_rows, stride_vt, vc, vs, vz, stride_vcs, stride_vss, offs_t, pos, ok, D, RECIP, BLOCK_G)
     else:
         _write_scaled(k_rows, stride_kt, kc, ks, stride_kcs, stride_kss, offs_t, pos, ok, D, FMT, RECIP, BLOCK_D)
+        pdl_release(PDL)
         _write_scaled(v_rows, stride_vt, vc, vs, stride_vcs, stride_vss, offs_t, pos, ok, D, FMT, RECIP, BLOCK_D)
 
 
@@ -309,6 +318,7 @@ def kv_cache_write(
     vc = v_codes.view(torch.uint8) if fmt == "fp8" else v_codes
     n_blocks = triton.cdiv(t, cfg.block_t)
     block_d = triton.next_power_of_2(d)
+    pdl = pdl_mode(k.device)
     with torch.cuda.device(k.device) if k.is_cuda else contextlib.nullcontext():
         _kv_write_kernel[(b * h * n_blocks,)](
             k,
@@ -337,5 +347,7 @@ def kv_cache_write(
             BLOCK_T=cfg.block_t,
             BLOCK_D=block_d,
             BLOCK_G=triton.next_power_of_2(max(1, d // KV_INT4_GROUP)),
+            PDL=pdl,
             num_warps=cfg.num_warps,
+            launch_pdl=bool(pdl),
         )

@@ -39,6 +39,9 @@ the unfused path runs the norm and quantize_rows (2 launches, y written and read
 Layouts the kernel does not take run the reference: a last dimension of non-unit stride, leading dimensions that do
 not collapse into one row stride, dtypes other than fp16 / bf16 / fp32, H > MAX_HIDDEN, empty tensors, and tensors
 off the GPU (unless TRITON_INTERPRET=1).
+
+Launched with programmatic dependent launch on Hopper (pdl.py): the kernel waits for the previous one before its
+first load and lets the next one launch once its rows are computed.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from accel.runtime.fused_quant_ops import rms_norm_quant as quant_reference
 from accel.runtime.norm_ops import add_rms_norm as add_reference
 from accel.runtime.norm_ops import check_add_rms_norm, check_rms_norm
 from accel.runtime.norm_ops import rms_norm as reference
+from accel_cuda.kernels.pdl import pdl_enter, pdl_mode, pdl_release
 from accel_cuda.kernels.rowquant import _codes, _row_scale, code_dtype, fp8_supported
 
 __all__ = ["MAX_HIDDEN", "NormConfig", "add_rms_norm", "add_rms_norm_quant", "plan", "rms_norm", "rms_norm_quant"]
@@ -91,17 +95,20 @@ def _rms_norm_kernel(
     FP8: tl.constexpr,
     RECIP: tl.constexpr,
     Y_F32: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Program i: rows i * BLOCK_M .. + BLOCK_M of x [M, H] (row stride stride_xm) -> out [M, H]. ADD_RESIDUAL:
     x + residual (row stride stride_rm) rounded to x's dtype is normalized instead, and stored to h [M, H] (row
     stride stride_om, as out); r_ptr and h_ptr are unused otherwise. QUANT: y (float32 when Y_F32, else rounded to
     x's dtype) is quantized per row instead of stored: codes (int8, or e4m3 when FP8) to q_ptr [M, H] (row stride
-    stride_om) and scales to s_ptr [M] (RECIP: as torch divides on CUDA); out_ptr is unused then."""
+    stride_om) and scales to s_ptr [M] (RECIP: as torch divides on CUDA); out_ptr is unused then. PDL: pdl.py's
+    mode."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_H)
     col_ok = cols < H
     mask = (rows < M)[:, None] & col_ok[None, :]
     rows = rows.to(tl.int64)  # M * H may pass 2^31 in a long prefill
+    pdl_enter(PDL)
     x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)  # [BLOCK_M, BLOCK_H]
     if ADD_RESIDUAL:  # torch's x + residual: the float32 sum rounded once to x's dtype
         r = tl.load(r_ptr + rows[:, None] * stride_rm + cols[None, :], mask=mask, other=0.0)
@@ -116,10 +123,12 @@ def _rms_norm_kernel(
         if not Y_F32:
             y = y.to(x.dtype).to(tl.float32)
         scale = _row_scale(tl.max(tl.abs(y), axis=1), RECIP, FP8)  # [BLOCK_M]; masked columns hold 0
-        tl.store(s_ptr + rows, scale, mask=rows < M)
         codes = _codes(y, scale[:, None], FP8)
+        pdl_release(PDL)
+        tl.store(s_ptr + rows, scale, mask=rows < M)
         tl.store(q_ptr + rows[:, None] * stride_om + cols[None, :], codes, mask=mask)
     else:
+        pdl_release(PDL)
         tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -224,6 +233,7 @@ def _launch(
     cfg = config or plan(rows, hidden)
     codes, scales, fp8 = quant if quant is not None else (None, None, False)
     target = out if out is not None else codes
+    pdl = pdl_mode(x.device)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         _rms_norm_kernel[(triton.cdiv(rows, cfg.block_m),)](
             x,
@@ -247,7 +257,9 @@ def _launch(
             FP8=fp8,
             RECIP=x.is_cuda,
             Y_F32=torch.promote_types(weight.dtype, x.dtype) == torch.float32,
+            PDL=pdl,
             num_warps=cfg.num_warps,
+            launch_pdl=bool(pdl),
         )
 
 

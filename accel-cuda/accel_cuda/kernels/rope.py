@@ -22,6 +22,8 @@ of each product and of the sum (tests/test_cuda_interpret.py).
 
 Layouts the kernel does not take run the reference: a last dimension of non-unit stride (q, k, cos or sin), dtypes
 other than fp16 / bf16 / fp32, D > MAX_HEAD_DIM, empty tensors, and tensors off the GPU (unless TRITON_INTERPRET=1).
+
+Launched with programmatic dependent launch on Hopper (pdl.py).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import triton.language as tl
 
 from accel.runtime.rope_ops import check_rotary_embedding
 from accel.runtime.rope_ops import rotary_embedding as reference
+from accel_cuda.kernels.pdl import pdl_enter, pdl_mode, pdl_release
 
 __all__ = ["MAX_HEAD_DIM", "RopeConfig", "plan", "rotary_embedding"]
 
@@ -58,8 +61,10 @@ def _rotate_heads(
     HALF: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    PDL: tl.constexpr,
 ):
-    """Heads h0 .. h0 + BLOCK_H (of `heads`) of one token: src (head stride stride_h) -> dst (contiguous [heads, D])."""
+    """Heads h0 .. h0 + BLOCK_H (of `heads`) of one token: src (head stride stride_h) -> dst (contiguous [heads, D]);
+    lets the next kernel launch (pdl_release) before its stores: every program calls this once."""
     h = h0 + tl.arange(0, BLOCK_H)
     cols = tl.arange(0, BLOCK_D)
     col_ok = cols < HALF
@@ -76,6 +81,7 @@ def _rotate_heads(
     out1 = (x1 * cos1).to(dtype).to(tl.float32) + (-x2 * sin1).to(dtype).to(tl.float32)
     out2 = (x2 * cos2).to(dtype).to(tl.float32) + (x1 * sin2).to(dtype).to(tl.float32)
     out_ptr = dst + h[:, None] * (2 * HALF) + cols[None, :]
+    pdl_release(PDL)
     tl.store(out_ptr, out1.to(dtype), mask=mask)
     tl.store(out_ptr + HALF, out2.to(dtype), mask=mask)
 
@@ -105,8 +111,10 @@ def _rope_kernel(
     HALF: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    PDL: tl.constexpr,
 ):
-    """Program (n, j): token n = b * T + t, head block j of q's heads then of k's (module docstring)."""
+    """Program (n, j): token n = b * T + t, head block j of q's heads then of k's (module docstring); PDL: pdl.py's
+    mode."""
     n = tl.program_id(0).to(tl.int64)  # B * T * H * D may pass 2^31 in a long prefill
     j = tl.program_id(1)
     b = n // T
@@ -114,14 +122,17 @@ def _rope_kernel(
     cos_row = cos_ptr + b * stride_cb + t * stride_ct  # stride_cb 0: one table for the batch
     sin_row = sin_ptr + b * stride_sb + t * stride_st
     q_blocks = tl.cdiv(H, BLOCK_H)
+    pdl_enter(PDL)
     if j < q_blocks:
         src = q_ptr + b * stride_qb + t * stride_qt
         dst = q_out + n * H * (2 * HALF)
-        _rotate_heads(src, dst, cos_row, sin_row, j * BLOCK_H, H, stride_qh, HALF, BLOCK_H, BLOCK_D)
+        _rotate_heads(src, dst, cos_row, sin_row, j * BLOCK_H, H, stride_qh, HALF, BLOCK_H, BLOCK_D, PDL)
     else:
         src = k_ptr + b * stride_kb + t * stride_kt
         dst = k_out + n * HKV * (2 * HALF)
-        _rotate_heads(src, dst, cos_row, sin_row, (j - q_blocks) * BLOCK_H, HKV, stride_kh, HALF, BLOCK_H, BLOCK_D)
+        _rotate_heads(
+            src, dst, cos_row, sin_row, (j - q_blocks) * BLOCK_H, HKV, stride_kh, HALF, BLOCK_H, BLOCK_D, PDL
+        )
 
 
 @dataclass(frozen=True)
@@ -183,6 +194,7 @@ def rotary_embedding(
     # A table of batch 1 serves every row: batch stride 0.
     cos_b, sin_b = (0 if x.shape[0] == 1 else x.stride(0) for x in (cos, sin))
     grid = (b * t, triton.cdiv(h, cfg.block_h) + triton.cdiv(hkv, cfg.block_h))
+    pdl = pdl_mode(q.device)
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
         _rope_kernel[grid](
             q,
@@ -203,7 +215,9 @@ def rotary_embedding(
             HALF=d // 2,
             BLOCK_H=cfg.block_h,
             BLOCK_D=triton.next_power_of_2(d // 2),
+            PDL=pdl,
             num_warps=cfg.num_warps,
             enable_fp_fusion=False,  # no FMA: torch rounds each product before the sum (fp32)
+            launch_pdl=bool(pdl),
         )
     return q_out, k_out

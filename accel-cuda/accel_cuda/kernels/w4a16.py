@@ -17,6 +17,8 @@ Split-K partials go to an fp32 workspace that a second small kernel sums and cas
 per M from the table tuned per card and shape (w4a16_configs.json) or a heuristic. On Hopper, with the words
 permuted at load (`prepare`), M = 1, 2 run the TMA decode GEMV (w4a16_gemv_tma.py) and M = 3..128 the TMA-pipelined
 tensor-core kernel (wxa16_tma_dot.py); the kernels here serve other cards and shapes (accel-cuda/KERNEL_NOTES.md).
+Every kernel here (split-K reduce and dequantize included) is launched with programmatic dependent launch on Hopper
+(pdl.py).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from accel.runtime.ops import w4a16_linear as reference
 from accel_cuda.kernels import w4a16_gemv as gemv
 from accel_cuda.kernels.device import device_info
 from accel_cuda.kernels.nibbles import unpermute_nibbles
+from accel_cuda.kernels.pdl import pdl_enter, pdl_mode, pdl_release
 from accel_cuda.kernels.tuning import tuned_table
 
 __all__ = ["Config", "plan", "prepare", "w4a16_dequantize", "w4a16_linear"]
@@ -138,7 +141,7 @@ def _w4a16_gemv_kernel(
     M, N, K, KW, G, group_size, tiles_per_split,
     stride_xm, stride_om, stride_os,
     HAS_ZP: tl.constexpr, PREFETCH: tl.constexpr, PERMUTED: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -151,6 +154,7 @@ def _w4a16_gemv_kernel(
     # Every program runs tiles_per_split K tiles; those past K (last split only) are masked off.
     t_start = pid_s * tiles_per_split
     t_lim = t_start + tiles_per_split
+    pdl_enter(PDL)
     acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
     if PREFETCH:
         # Registers double-buffer the words: the next tile's load is in flight while this one is computed.
@@ -166,6 +170,7 @@ def _w4a16_gemv_kernel(
             words, s, zf = _load_tile(w_ptr, s_ptr, z_ptr, offs_n, n_mask, t, t_lim, num_tiles, KW, G, group_size,
                                       HAS_ZP, BLOCK_K)
             acc = _gemv_tile(acc, words, s, zf, x_ptr, offs_m, m_mask, t, K, stride_xm, BLOCK_K, PERMUTED)
+    pdl_release(PDL)
     y = tl.sum(acc, axis=2)
     out = out_ptr + pid_s * stride_os + offs_m[:, None] * stride_om + offs_n[None, :]
     tl.store(out, y.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
@@ -207,6 +212,7 @@ def _w4a16_dot_kernel(
     HAS_ZP: tl.constexpr, PERMUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     GROUP_K: tl.constexpr,
     NUM_G: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Swap-AB tiled product: out^T tile [BLOCK_N, BLOCK_M] += W tile [BLOCK_N, BK] @ x^T tile [BK, BLOCK_M],
     BK = NUM_G * GROUP_K. W = (q - zp) * s is formed in fp32 (exact codes, one rounding to x's dtype)."""
@@ -223,6 +229,7 @@ def _w4a16_dot_kernel(
     t_start = pid_s * tiles_per_split
     t_lim = t_start + tiles_per_split
     dt = x_ptr.dtype.element_ty
+    pdl_enter(PDL)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for t in range(t_start, t_lim):
         words, s, zf = _load_wide_tile(w_ptr, s_ptr, z_ptr, offs_n, n_mask, t, t_lim, num_tiles, KW, G,
@@ -237,6 +244,7 @@ def _w4a16_dot_kernel(
                          _flat((v4 * sc).to(dt), BLOCK_N, BK), _flat((v5 * sc).to(dt), BLOCK_N, BK),
                          _flat((v6 * sc).to(dt), BLOCK_N, BK), _flat((v7 * sc).to(dt), BLOCK_N, BK), BLOCK_N, BK)
         acc = tl.dot(a, xt, acc)
+    pdl_release(PDL)
     out = out_ptr + pid_s * stride_os + offs_m[None, :] * stride_om + offs_n[:, None]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=n_mask[:, None] & m_mask[None, :])
 
@@ -249,6 +257,7 @@ def _w4a16_dot8_kernel(
     HAS_ZP: tl.constexpr, PERMUTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     GROUP_K: tl.constexpr,
     NUM_G: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Like _w4a16_dot_kernel without re-interleaving the nibbles: sum_k W[n, k] x[k] is split by nibble j,
     sum_j sum_w W[n, 8w + j] x[8w + j], so nibble j's codes [BLOCK_N, words] are the A operand of their own dot
@@ -267,6 +276,7 @@ def _w4a16_dot8_kernel(
     t_start = pid_s * tiles_per_split
     t_lim = t_start + tiles_per_split
     dt = x_ptr.dtype.element_ty
+    pdl_enter(PDL)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for t in range(t_start, t_lim):
         words, s, zf = _load_wide_tile(w_ptr, s_ptr, z_ptr, offs_n, n_mask, t, t_lim, num_tiles, KW, G,
@@ -295,17 +305,20 @@ def _w4a16_dot8_kernel(
             acc = tl.dot(_flat((v5 * sc).to(dt), BLOCK_N, BK), tl.load(xb + 5, mask=xm, other=0.0), acc)
             acc = tl.dot(_flat((v6 * sc).to(dt), BLOCK_N, BK), tl.load(xb + 6, mask=xm, other=0.0), acc)
             acc = tl.dot(_flat((v7 * sc).to(dt), BLOCK_N, BK), tl.load(xb + 7, mask=xm, other=0.0), acc)
+    pdl_release(PDL)
     out = out_ptr + pid_s * stride_os + offs_m[None, :] * stride_om + offs_n[:, None]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=n_mask[:, None] & m_mask[None, :])
 
 
 @triton.jit(do_not_specialize=["total", "SPLIT"])
-def _splitk_reduce_kernel(ws_ptr, out_ptr, total, SPLIT, BLOCK: tl.constexpr):
+def _splitk_reduce_kernel(ws_ptr, out_ptr, total, SPLIT, BLOCK: tl.constexpr, PDL: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < total
+    pdl_enter(PDL)
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     for i in range(SPLIT):
         acc += tl.load(ws_ptr + i * total + offs, mask=mask, other=0.0)
+    pdl_release(PDL)
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -313,11 +326,13 @@ def _splitk_reduce_kernel(ws_ptr, out_ptr, total, SPLIT, BLOCK: tl.constexpr):
 def _w4_dequant_kernel(
     w_ptr, s_ptr, z_ptr, out_ptr, N, K, KW, G, group_size,
     HAS_ZP: tl.constexpr, PERMUTED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     t = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
+    pdl_enter(PDL)
     words, s, zf = _load_tile(w_ptr, s_ptr, z_ptr, offs_n, n_mask, t, t + 1, tl.cdiv(K, BLOCK_K), KW, G,
                               group_size, HAS_ZP, BLOCK_K)
     v0, v1, v2, v3, v4, v5, v6, v7 = _codes8(words, zf[:, None], PERMUTED)
@@ -326,6 +341,7 @@ def _w4_dequant_kernel(
     w = _interleave8((v0 * sc).to(dt), (v1 * sc).to(dt), (v2 * sc).to(dt), (v3 * sc).to(dt), (v4 * sc).to(dt),
                      (v5 * sc).to(dt), (v6 * sc).to(dt), (v7 * sc).to(dt), BLOCK_N, BLOCK_K)
     kk = t * BLOCK_K + tl.arange(0, BLOCK_K)
+    pdl_release(PDL)
     tl.store(out_ptr + offs_n[:, None] * K + kk[None, :], w, mask=n_mask[:, None] & (kk[None, :] < K))
 
 
@@ -433,9 +449,11 @@ def w4a16_dequantize(
     out = _empty((n, k), dtype, weight_packed.device)
     zp = weight_zero_point if weight_zero_point is not None else weight_scale
     grid = (triton.cdiv(n, block_n), triton.cdiv(k, block_k))
+    pdl = pdl_mode(weight_packed.device)
     _w4_dequant_kernel[grid](
         weight_packed, weight_scale, zp, out, n, k, weight_packed.shape[1], groups, group,
-        HAS_ZP=weight_zero_point is not None, PERMUTED=permuted, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
+        HAS_ZP=weight_zero_point is not None, PERMUTED=permuted, BLOCK_N=block_n, BLOCK_K=block_k, PDL=pdl,
+        num_warps=4, launch_pdl=bool(pdl),
     )
     return out
 
@@ -538,19 +556,22 @@ def w4a16_linear(
         grid = (triton.cdiv(n, cfg.block_n), split, triton.cdiv(m, cfg.block_m))
         args = (x2, weight_packed, weight_scale, zp, target, m, n, k, k // 8, groups, group, tiles_per_split,
                 x2.stride(0), n, m * n)
+        pdl = pdl_mode(x.device)
         if cfg.kernel == "gemv":
             _w4a16_gemv_kernel[grid](*args, HAS_ZP=has_zp, PREFETCH=cfg.prefetch, PERMUTED=permuted,
-                                     BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk, num_warps=cfg.num_warps,
-                                     num_stages=cfg.num_stages)
+                                     BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk, PDL=pdl,
+                                     num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=bool(pdl))
         elif cfg.kernel in ("dot", "dot8"):
             kernel = _w4a16_dot_kernel if cfg.kernel == "dot" else _w4a16_dot8_kernel
             kernel[grid](*args, HAS_ZP=has_zp, PERMUTED=permuted, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                         GROUP_K=cfg.block_k, NUM_G=cfg.num_g, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                         GROUP_K=cfg.block_k, NUM_G=cfg.num_g, PDL=pdl, num_warps=cfg.num_warps,
+                         num_stages=cfg.num_stages, launch_pdl=bool(pdl))
         else:
             raise ValueError(f"unknown kernel {cfg.kernel!r}")
         if split > 1:
             total = m * n
-            _splitk_reduce_kernel[(triton.cdiv(total, 1024),)](target, out, total, split, BLOCK=1024, num_warps=4)
+            _splitk_reduce_kernel[(triton.cdiv(total, 1024),)](target, out, total, split, BLOCK=1024, PDL=pdl,
+                                                               num_warps=4, launch_pdl=bool(pdl))
     return result
 
 

@@ -13,7 +13,8 @@ exactly, and four fma.x2 with the activation pairs (x's own memory order, read a
 word's dot in two lanes, added in fp32; the group scale multiplies it in fp32. About 2.5 instructions per code.
 Each program takes one row of x (grid axis 2): for M = 2 the programs of one weight tile run side by side and
 the repeat reads hit L2. Split-K partials go to an fp32 workspace and the last program of a column block (a
-counter it resets) sums them, so a call is one launch.
+counter it resets) sums them, so a call is one launch. Launched with programmatic dependent launch on Hopper
+(pdl.py): wait before the first load, release after the K loop.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import triton.language as tl
 
 from accel_cuda.kernels.device import device_info
 from accel_cuda.kernels.nibbles import permute_nibbles, unpermute_nibbles
+from accel_cuda.kernels.pdl import pdl_enter, pdl_mode, pdl_release
 from accel_cuda.kernels.tuning import tuned_table
 
 __all__ = ["GemvConfig", "gemv_plan", "permute_nibbles", "supports", "unpermute_nibbles", "w4a16_gemv"]
@@ -155,7 +157,7 @@ def _gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr,
     M, N, KW, G, STEPS, SPLIT, stride_xm, ONE,
     HAS_ZP: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr,
-    SPLIT_P2: tl.constexpr, EVEN: tl.constexpr, ASM: tl.constexpr, MAGIC: tl.constexpr,
+    SPLIT_P2: tl.constexpr, EVEN: tl.constexpr, ASM: tl.constexpr, MAGIC: tl.constexpr, PDL: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -164,6 +166,7 @@ def _gemv_kernel(
     n_mask = rows < N
     x_row = x_ptr + pid_m * 2 * KW
     kw_first = pid_s * STEPS * (NG * 16)
+    pdl_enter(PDL)
     acc = tl.zeros((BLOCK_N, NG, 16), dtype=tl.float32)
     if PREFETCH:
         words, s, zf = _load_step(w_ptr, s_ptr, z_ptr, rows, n_mask, kw_first, KW, G, ONE, HAS_ZP, NG, EVEN)
@@ -179,6 +182,7 @@ def _gemv_kernel(
             kw0 = kw_first + i * (NG * 16)
             words, s, zf = _load_step(w_ptr, s_ptr, z_ptr, rows, n_mask, kw0, KW, G, ONE, HAS_ZP, NG, EVEN)
             acc = _step_packed(acc, words, s, zf, x_row, rows, kw0, KW, ASM, MAGIC, NG, EVEN)
+    pdl_release(PDL)
     write_rows(tl.sum(tl.sum(acc, axis=2), axis=1), out_ptr, ws_ptr, cnt_ptr, rows, n_mask, M, N, SPLIT, SPLIT_P2)
 
 
@@ -290,11 +294,12 @@ def w4a16_gemv(
     dt = {torch.bfloat16: "bf16", torch.float16: "fp16"}[x.dtype]
     asm, magic = _DOT_WORD[dt], _MAGIC[dt]
     xt = x2.contiguous().view(torch.int64)  # [M, 2 KW]: pairs (x[8w + 2i], x[8w + 2i + 1]), two a word
+    pdl = pdl_mode(x.device)
     _gemv_kernel[grid](
         xt, weight_packed, weight_scale, weight_zero_point if has_zp else weight_scale, result, ws, cnt,
         m, n, kw, weight_scale.shape[1], steps, split, x2.stride(0), 1,
         HAS_ZP=has_zp, PREFETCH=config.prefetch, BLOCK_N=config.block_n, NG=config.ng,
-        SPLIT_P2=1 << max(0, (split - 1).bit_length()), EVEN=even, ASM=asm, MAGIC=magic,
-        num_warps=config.num_warps, num_stages=1,
+        SPLIT_P2=1 << max(0, (split - 1).bit_length()), EVEN=even, ASM=asm, MAGIC=magic, PDL=pdl,
+        num_warps=config.num_warps, num_stages=1, launch_pdl=bool(pdl),
     )
     return result

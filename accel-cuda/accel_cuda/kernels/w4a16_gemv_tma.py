@@ -3,10 +3,14 @@ arrive through tensor descriptors into shared memory STAGES steps ahead (Triton'
 buffers and mbarriers; the activations follow by cp.async), so many bytes are in flight per SM without holding
 them in registers. The register-prefetch GEMV (w4a16_gemv.py) waits on every step's loads: 2.4x its byte floor.
 
-Same words and per-word arithmetic as w4a16_gemv.py (_DOT_WORD): each step's words arrive as a 2-D box [BLOCK_N,
-16 NG] of [N, K/8] (rows of NG x 64 contiguous bytes) and are viewed as [BLOCK_N, NG, 16] in registers; group scales
-(and 8 + zero point in the scales' dtype, when a caller prepares it) through a 2-D descriptor [N, K/128], so NG * 2
-bytes must reach TMA's 16-byte minimum: NG >= 8. Measured versions: accel-cuda/KERNEL_NOTES.md.
+Same words and dequantization as w4a16_gemv.py (_DOT_WORD): each step's words arrive as a 2-D box [BLOCK_N, 16 NG]
+of [N, K/8] (rows of NG x 64 contiguous bytes) and are viewed as [BLOCK_N, NG, 4 chains, 4 words] in registers;
+group scales (and 8 + zero point in the scales' dtype, when a caller prepares it) through a 2-D descriptor [N,
+K/128], so NG * 2 bytes must reach TMA's 16-byte minimum: NG >= 8. One inline-PTX instance (_DOT_CHAIN) takes a
+chain of CHAIN = 4 consecutive words: the 16 pair products accumulate in one half-precision x2 register before its
+two lanes go to fp32 and the group scale multiplies, so the lane sum and the scale FMA are paid once per 4 words
+(H200, M=1: gate+up 21.6 -> 18.9 us; relative error against float64 3.1e-3 -> 5.0e-3 in bf16, within METHOD.md's
+1e-2 bound). Launched with PDL on Hopper (pdl.py). Measured versions: accel-cuda/KERNEL_NOTES.md.
 """
 
 from __future__ import annotations
@@ -20,10 +24,39 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from accel_cuda.kernels.pdl import pdl_enter, pdl_mode, pdl_release
 from accel_cuda.kernels.tuning import tuned_table
-from accel_cuda.kernels.w4a16_gemv import _DOT_WORD, _MAGIC, launch_geometry, write_rows
+from accel_cuda.kernels.w4a16_gemv import _DOT_WORD_TEMPLATE, _MAGIC, launch_geometry, write_rows
 
 __all__ = ["TmaGemvConfig", "supports_tma", "tma_plan", "w4a16_tma_gemv"]
+
+
+_CHAIN = 4  # words per half-precision accumulation chain
+CHAIN = tl.constexpr(_CHAIN)
+
+
+def _dot_chain(dtype: str) -> str:
+    """_DOT_WORD's arithmetic for CHAIN words in one instance: operands $0 (fp32 out), $1..$4 (words), $5 (8 + zp +
+    magic), then two 64-bit activation-pair registers per word; the first pair product starts the chain (mul), every
+    later one continues it (fma), the lanes go to fp32 once."""
+    word = _DOT_WORD_TEMPLATE[_DOT_WORD_TEMPLATE.index("shr.u32"):_DOT_WORD_TEMPLATE.index("mov.b32 {lo, hi}")]
+    zero = _DOT_WORD_TEMPLATE[_DOT_WORD_TEMPLATE.index("cvt.rn"):_DOT_WORD_TEMPLATE.index("sub.rn")]
+    word = word.replace(zero, "")
+    body = "{\n.reg .b32 s1, s2, s3, t0, t1, t2, t3, z, d, x0, x1, x2, x3;\n.reg .b16 lo, hi;\n.reg .f32 flo, fhi;\n"
+    body += f"cvt.rn.TYPEx2.f32 z, ${_CHAIN + 1}, ${_CHAIN + 1};\n"
+    for w in range(_CHAIN):
+        xa, xb = _CHAIN + 2 + 2 * w, _CHAIN + 3 + 2 * w
+        step = word.replace("$1", f"${1 + w}")
+        if w:
+            step = step.replace("mul.rn.TYPEx2 d, t0, x0;", "fma.rn.TYPEx2 d, t0, x0, d;")
+        body += f"mov.b64 {{x0, x1}}, ${xa};\nmov.b64 {{x2, x3}}, ${xb};\n" + step
+    body += _DOT_WORD_TEMPLATE[_DOT_WORD_TEMPLATE.index("mov.b32 {lo, hi}"):]
+    magic = {"bf16": "0x43004300", "fp16": "0x64006400"}[dtype]
+    return body.replace("MAGIC2", magic).replace("TYPE", {"bf16": "bf16", "fp16": "f16"}[dtype])
+
+
+_DOT_CHAIN = {dtype: _dot_chain(dtype) for dtype in ("bf16", "fp16")}
+_CHAIN_CONSTRAINTS = "=f," + ",".join(["r"] * _CHAIN) + ",f," + ",".join(["l"] * (2 * _CHAIN))
 
 
 @triton.jit(do_not_specialize=["M", "G", "STEPS", "SPLIT"])
@@ -31,7 +64,7 @@ def _gemv_tma_kernel(
     x_ptr, w_desc, s_desc, z_desc, out_ptr, ws_ptr, cnt_ptr,
     M, N, KW, G, STEPS, SPLIT,
     HAS_ZP: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr, SPLIT_P2: tl.constexpr, ASM: tl.constexpr,
-    MAGIC: tl.constexpr, STAGES: tl.constexpr,
+    CONSTRAINTS: tl.constexpr, MAGIC: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
 ):
     pid_s = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -39,21 +72,29 @@ def _gemv_tma_kernel(
     rows = row0 + tl.arange(0, BLOCK_N)
     x_row = x_ptr + pid_m * 2 * KW
     g_first = pid_s * STEPS * NG
+    pdl_enter(PDL)
     gi = tl.arange(0, NG)
-    wi = tl.arange(0, 16)
-    acc = tl.zeros((BLOCK_N, NG, 16), dtype=tl.float32)
+    ci = tl.arange(0, 16 // CHAIN)
+    acc = tl.zeros((BLOCK_N, NG, 16 // CHAIN), dtype=tl.float32)
     for i in tl.range(STEPS, num_stages=STAGES):
         g0 = g_first + i * NG
-        words = w_desc.load([row0, g0 * 16]).reshape(BLOCK_N, NG, 16)
+        # words 4c + (0, 1, 2, 3) of each group's chain c: split the two minor bits of the word index off
+        even, odd = w_desc.load([row0, g0 * 16]).reshape(BLOCK_N, NG, 16 // CHAIN, 2, 2).split()
+        w0, w2 = even.split()
+        w1, w3 = odd.split()
         s = s_desc.load([row0, g0]).to(tl.float32)
         zf = z_desc.load([row0, g0]).to(tl.float32) if HAS_ZP else tl.full((BLOCK_N, NG), 8.0, tl.float32)  # 8 + zp
-        xw = x_row + ((g0 + gi)[:, None] * 16 + wi[None, :]) * 2  # word kw's activation pairs: x64[2 kw], [2 kw + 1]
-        xa = tl.load(xw)[None, :, :]
-        xb = tl.load(xw + 1)[None, :, :]
-        zb = tl.broadcast_to((zf + MAGIC)[:, :, None], (BLOCK_N, NG, 16))
-        part = tl.inline_asm_elementwise(ASM, "=f,r,f,l,l", [words, zb, xa, xb], dtype=tl.float32, is_pure=True,
-                                         pack=1)
+        zb = tl.broadcast_to((zf + MAGIC)[:, :, None], (BLOCK_N, NG, 16 // CHAIN))
+        # word kw's activation pairs are x64[2 kw], x64[2 kw + 1]; chain c starts at word 16 g + 4 c
+        xw = x_row + ((g0 + gi)[:, None] * 16 + ci[None, :] * CHAIN) * 2
+        part = tl.inline_asm_elementwise(
+            ASM, CONSTRAINTS,
+            [w0, w1, w2, w3, zb, tl.load(xw)[None], tl.load(xw + 1)[None], tl.load(xw + 2)[None],
+             tl.load(xw + 3)[None], tl.load(xw + 4)[None], tl.load(xw + 5)[None], tl.load(xw + 6)[None],
+             tl.load(xw + 7)[None]],
+            dtype=tl.float32, is_pure=True, pack=1)
         acc += part * s[:, :, None]
+    pdl_release(PDL)
     write_rows(tl.sum(tl.sum(acc, axis=2), axis=1), out_ptr, ws_ptr, cnt_ptr, rows, rows < N, M, N, SPLIT,
                SPLIT_P2)
 
@@ -102,9 +143,11 @@ def w4a16_tma_gemv(
     *,
     config: TmaGemvConfig,
     out: torch.Tensor | None = None,
+    pdl: int | None = None,
 ) -> torch.Tensor:
     """y = x @ ((q - zp) * s)^T for group size 128 from permute_nibbles' words [N, K/8], scales [N, K/128] and,
-    when asymmetric, 8 + zero point in the scales' dtype (None: symmetric); x [..., K] fp16/bf16."""
+    when asymmetric, 8 + zero point in the scales' dtype (None: symmetric); x [..., K] fp16/bf16. pdl: pdl.py's
+    mode (default: pdl_mode of x's device)."""
     k = x.shape[-1]
     n = weight_packed.shape[0]
     if not supports_tma(n, k, config):
@@ -122,10 +165,11 @@ def w4a16_tma_gemv(
     s_desc = TensorDescriptor.from_tensor(weight_scale, [bn, ng])
     z_desc = TensorDescriptor.from_tensor(zero_plus8, [bn, ng]) if zero_plus8 is not None else s_desc
     dt = {torch.bfloat16: "bf16", torch.float16: "fp16"}[x.dtype]
+    pdl = pdl_mode(x.device) if pdl is None else pdl
     _gemv_tma_kernel[grid](
         x2.view(torch.int64), w_desc, s_desc, z_desc, result, ws, cnt, m, n, kw, groups, steps, split,
         HAS_ZP=zero_plus8 is not None, BLOCK_N=bn, NG=ng, SPLIT_P2=1 << max(0, (split - 1).bit_length()),
-        ASM=_DOT_WORD[dt], MAGIC=_MAGIC[dt], STAGES=config.stages,
-        num_warps=config.num_warps,
+        ASM=_DOT_CHAIN[dt], CONSTRAINTS=_CHAIN_CONSTRAINTS, MAGIC=_MAGIC[dt], STAGES=config.stages, PDL=pdl,
+        num_warps=config.num_warps, launch_pdl=bool(pdl),
     )
     return result

@@ -6,7 +6,8 @@ The words and positions of sparse24_layout, interleaved by 4 rows at load (inter
 (Triton's software pipeliner owns the buffers and mbarriers; the activations follow by cp.async). A thread's
 contiguous words are then the same word column of 4 rows, which read the same 16 activations: a quarter of the
 activation traffic of the row-major tile (w4a16_sparse24_gemv.py), whose shared-memory reads of x bank-conflicted
-when pipelined. Per word the arithmetic is _DOT_SPARSE's.
+when pipelined. Per word the arithmetic is _DOT_SPARSE's. Launched with programmatic dependent launch on Hopper
+(pdl.py), as w4a16_gemv_tma.py.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from accel_cuda.kernels.pdl import pdl_enter, pdl_mode, pdl_release
 from accel_cuda.kernels.sparse24_layout import ROWS, interleave_rows
 from accel_cuda.kernels.tuning import tuned_table
 from accel_cuda.kernels.w4a16_gemv import _MAGIC, launch_geometry, write_rows
@@ -33,7 +35,7 @@ def _sparse_tma_kernel(
     x_ptr, w_desc, m_desc, s_desc, z_desc, out_ptr, ws_ptr, cnt_ptr,
     M, N, KV, G, STEPS, SPLIT,
     HAS_ZP: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr, SPLIT_P2: tl.constexpr, ASM: tl.constexpr,
-    MAGIC: tl.constexpr, STAGES: tl.constexpr,
+    MAGIC: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
 ):
     R: tl.constexpr = 4
     pid_s = tl.program_id(1)
@@ -41,6 +43,7 @@ def _sparse_tma_kernel(
     row0 = tl.program_id(0) * BLOCK_N
     x_row = x_ptr + pid_m * 4 * KV
     b_first = pid_s * STEPS * NG
+    pdl_enter(PDL)
     gi = tl.arange(0, NG)
     wi = tl.arange(0, 8)
     acc = tl.zeros((BLOCK_N // R, NG, 8, R), dtype=tl.float32)
@@ -63,6 +66,7 @@ def _sparse_tma_kernel(
         part = tl.inline_asm_elementwise(ASM, "=f,r,r,f,l,l,l,l", [words, meta, zb, x0, x1, x2, x3],
                                          dtype=tl.float32, is_pure=True, pack=1)
         acc += part * s
+    pdl_release(PDL)
     y = tl.reshape(tl.sum(tl.sum(acc, axis=2), axis=1), (BLOCK_N,))  # [r, q] -> row 4 r + q
     rows = row0 + tl.arange(0, BLOCK_N)
     write_rows(y, out_ptr, ws_ptr, cnt_ptr, rows, rows < N, M, N, SPLIT, SPLIT_P2)
@@ -136,9 +140,11 @@ def w4a16_sparse24_tma_gemv(
     s_desc = TensorDescriptor.from_tensor(weight_scale, [bn, ng])
     z_desc = TensorDescriptor.from_tensor(zero_plus8, [bn, ng]) if zero_plus8 is not None else s_desc
     dt = {torch.bfloat16: "bf16", torch.float16: "fp16"}[x.dtype]
+    pdl = pdl_mode(x.device)
     _sparse_tma_kernel[grid](
         x2.view(torch.int64), w_desc, m_desc, s_desc, z_desc, result, ws, cnt, m, n, kv, groups, steps, split,
         HAS_ZP=zero_plus8 is not None, BLOCK_N=bn, NG=ng, SPLIT_P2=1 << max(0, (split - 1).bit_length()),
-        ASM=_DOT_SPARSE[dt], MAGIC=_MAGIC[dt], STAGES=config.stages, num_warps=config.num_warps,
+        ASM=_DOT_SPARSE[dt], MAGIC=_MAGIC[dt], STAGES=config.stages, PDL=pdl, num_warps=config.num_warps,
+        launch_pdl=bool(pdl),
     )
     return result

@@ -4,7 +4,8 @@ On Hopper, codes with group size 128 or one scale per channel run the TMA-pipeli
 (wxa16_tma_dot.py, bits 8) for M up to 128: it reads 8-bit codes instead of a dequantized bf16 copy. Other int8
 calls with fp16 / bf16 activations (larger M, other cards and group sizes) dequantize with one Triton kernel
 (`w8_dequantize`: (q - zp) * s in fp32, rounded once to x's dtype, as the reference does) and then run cuBLAS; fp8
-codes and float32 activations run the reference (torch dequantize, then cuBLAS).
+codes and float32 activations run the reference (torch dequantize, then cuBLAS). The dequantize kernel is launched
+with programmatic dependent launch on Hopper (pdl.py).
 """
 
 from __future__ import annotations
@@ -16,23 +17,26 @@ import triton.language as tl
 from accel.quantization.kernels.reference import dequant_linear as reference
 from accel_cuda.kernels import wxa16_tma_dot as tma_dot
 from accel_cuda.kernels.device import device_info
+from accel_cuda.kernels.pdl import pdl_enter, pdl_mode, pdl_release
 
 __all__ = ["dequant_linear", "w8_dequantize"]
 
 
 @triton.jit(do_not_specialize=["N", "K", "G", "group"])
 def _w8_dequant_kernel(q_ptr, s_ptr, z_ptr, out_ptr, N, K, G, group, HAS_ZP: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     """out[n, k] = (q[n, k] - zp[n, k // group]) * s[n, k // group] in fp32, one rounding to out's dtype (G = 1:
     one scale per row)."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     mask = (rows < N)[:, None] & (cols < K)[None, :]
+    pdl_enter(PDL)
     q = tl.load(q_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0).to(tl.float32)
     g = rows[:, None] * G + tl.minimum(cols // group, G - 1)[None, :]
     s = tl.load(s_ptr + g, mask=mask, other=0.0).to(tl.float32)
     if HAS_ZP:
         q -= tl.load(z_ptr + g, mask=mask, other=0).to(tl.float32)
+    pdl_release(PDL)
     tl.store(out_ptr + rows[:, None] * K + cols[None, :], (q * s).to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -45,8 +49,10 @@ def w8_dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
     group = group_size if group_size > 0 and groups > 1 else max(k, 1)
     out = torch.empty((n, k), dtype=dtype, device=q.device)
     grid = (triton.cdiv(n, 32), triton.cdiv(k, 128))
+    pdl = pdl_mode(q.device)
     _w8_dequant_kernel[grid](q, scale, zero_point if zero_point is not None else scale, out, n, k, groups, group,
-                             HAS_ZP=zero_point is not None, BLOCK_N=32, BLOCK_K=128, num_warps=4)
+                             HAS_ZP=zero_point is not None, BLOCK_N=32, BLOCK_K=128, PDL=pdl, num_warps=4,
+                             launch_pdl=bool(pdl))
     return out
 
 

@@ -19,7 +19,8 @@ Two steps per call:
 
 `plan` picks one per shape (KERNEL_NOTES.md has the measurements behind it): on Hopper at decode sizes the TMA
 kernel where the shape tiles (w8a8_tma.w8a8_tma_plan), elsewhere the Triton GEMM (the 8-bit weights are half of
-bf16's bytes); above M = 64 the libraries.
+bf16's bytes); above M = 64 the libraries. The Triton kernels (quantize_rows, GEMM, epilogue) are launched with
+programmatic dependent launch on Hopper (pdl.py).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from accel.runtime.ops import fp8_linear as fp8_reference
 from accel.runtime.ops import w8a8_int8_linear as int8_reference
 from accel.runtime.ops import w8a8_scaled_mm as scaled_mm_reference
 from accel_cuda.kernels.device import device_info
+from accel_cuda.kernels.pdl import pdl_enter, pdl_mode, pdl_release
 from accel_cuda.kernels.rowquant import ONE_PASS_MAX_K, _codes, _row_scale, code_dtype, fp8_supported, warps_for_row
 from accel_cuda.kernels.w8a8_tma import W8TmaConfig, supports_w8a8_tma, w8a8_tma, w8a8_tma_plan
 
@@ -62,19 +64,23 @@ def _quantize_rows_kernel(
     RECIP: tl.constexpr,
     BLOCK_K: tl.constexpr,
     ONE_PASS: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One program per row. ONE_PASS (BLOCK_K >= K): the row is loaded once and stays in registers between its
     absmax and its codes (one memory round trip; the looped form costs 2 K / BLOCK_K dependent ones: 7.8 us per
     call at K = 14336 against 3.7 at 4096, KERNEL_NOTES.md)."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_K)
+    pdl_enter(PDL)
     if ONE_PASS:
         mask = offs < K
         x = tl.load(x_ptr + row * stride_xm + offs, mask=mask, other=0.0).to(tl.float32)
         amax = tl.max(tl.abs(x), axis=0)
         scale = tl.load(static_ptr).to(tl.float32) if STATIC else _row_scale(amax, RECIP, FP8)
+        codes = _codes(x, scale, FP8)
+        pdl_release(PDL)
         tl.store(s_ptr + row, scale)
-        tl.store(q_ptr + row * K + offs, _codes(x, scale, FP8), mask=mask)
+        tl.store(q_ptr + row * K + offs, codes, mask=mask)
     else:
         if STATIC:
             scale = tl.load(static_ptr).to(tl.float32)
@@ -84,6 +90,7 @@ def _quantize_rows_kernel(
                 x = tl.load(x_ptr + row * stride_xm + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
                 amax = tl.maximum(amax, tl.abs(x))
             scale = _row_scale(tl.max(amax, axis=0), RECIP, FP8)
+        pdl_release(PDL)  # after the absmax pass; the codes' pass follows
         tl.store(s_ptr + row, scale)
         for k0 in range(0, K, BLOCK_K):
             mask = k0 + offs < K
@@ -116,6 +123,7 @@ def _gemm_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """out [M, N] (or split partial) = (a [M, K] @ b [N, K]^T) * sa[m] * sb[n] (+ bias), K range of this split."""
     pid = tl.program_id(0)
@@ -137,6 +145,7 @@ def _gemm_kernel(
     b_rows = b_ptr + offs_n.to(tl.int64)[:, None] * stride_bn
     k_start = pid_s * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
+    pdl_enter(PDL)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32 if FP8 else tl.int32)
     for k0 in range(k_start, k_end, BLOCK_K):
         kk = k0 + offs_k
@@ -148,6 +157,7 @@ def _gemm_kernel(
             a = tl.load(a_rows + kk[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
             b = tl.load(b_rows + kk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
         acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.float32 if FP8 else tl.int32)
+    pdl_release(PDL)
     sa = tl.load(sa_ptr + offs_m, mask=m_mask, other=0.0)
     if SB_PER_N:
         sb = tl.load(sb_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
@@ -181,6 +191,7 @@ def _epilogue_kernel(
     HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """out = (sum over SPLITS of acc) [* sa[m] * sb[n]] (+ bias), cast to out's dtype; acc fp32 or int32 [.., M, N]."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -189,9 +200,11 @@ def _epilogue_kernel(
     n_mask = offs_n < N
     mask = m_mask[:, None] & n_mask[None, :]
     idx = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    pdl_enter(PDL)
     y = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for s in range(SPLITS):
         y += tl.load(acc_ptr + s * stride_s + idx, mask=mask, other=0).to(tl.float32)
+    pdl_release(PDL)
     if SCALE:
         sa = tl.load(sa_ptr + offs_m, mask=m_mask, other=0.0)
         if SB_PER_N:
@@ -272,6 +285,7 @@ def quantize_rows(
     if m:
         block_k = min(ONE_PASS_MAX_K, triton.next_power_of_2(k))
         static = static_scale if static_scale is not None else scales
+        pdl = pdl_mode(x2.device)
         _quantize_rows_kernel[(m,)](
             x2,
             codes,
@@ -284,7 +298,9 @@ def quantize_rows(
             RECIP=x2.is_cuda,
             BLOCK_K=block_k,
             ONE_PASS=block_k >= k,
+            PDL=pdl,
             num_warps=warps_for_row(block_k),
+            launch_pdl=bool(pdl),
         )
     return codes, scales
 
@@ -386,6 +402,7 @@ def _scaled_mm(
             codes, weight.t(), scale_a=sx.reshape(m, 1), scale_b=scale_b, bias=bias_mm, out_dtype=torch.bfloat16
         )
     out = _empty((m, n), out_dtype, codes.device)
+    pdl = pdl_mode(codes.device)
     has_bias = bias is not None
     bias_arg = bias if bias is not None else sx  # not read without a bias
     if cfg.kernel == "tma":
@@ -414,7 +431,9 @@ def _scaled_mm(
             HAS_BIAS=has_bias,
             BLOCK_M=32,
             BLOCK_N=128,
+            PDL=pdl,
             num_warps=4,
+            launch_pdl=bool(pdl),
         )
         return out
     k_per_split = triton.cdiv(triton.cdiv(k, cfg.split), cfg.block_k) * cfg.block_k
@@ -445,8 +464,10 @@ def _scaled_mm(
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k,
         GROUP_M=cfg.group_m,
+        PDL=pdl,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
+        launch_pdl=bool(pdl),
     )
     if split > 1:
         grid = (triton.cdiv(m, 16), triton.cdiv(n, 128))
@@ -465,7 +486,9 @@ def _scaled_mm(
             HAS_BIAS=has_bias,
             BLOCK_M=16,
             BLOCK_N=128,
+            PDL=pdl,
             num_warps=4,
+            launch_pdl=bool(pdl),
         )
     return out
 

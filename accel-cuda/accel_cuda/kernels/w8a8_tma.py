@@ -11,6 +11,7 @@ only the activations' side to the dot's 16 and the weights fill wgmma's 64-row s
 The accumulator is int32 (int8, exact) or fp32 (e4m3); the scales, the bias and the cast are the epilogue.
 Split-K partials (already scaled, fp32) are summed by the tile's last program (wxa16_tma_dot._write_tile), the
 bias added once, by split 0. The activation codes and s_x come from w8a8.quantize_rows, as on every other path.
+Launched with programmatic dependent launch on Hopper (pdl.py): wait before the first load, release after the K loop.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from accel_cuda.kernels.pdl import pdl_enter, pdl_mode, pdl_release
 from accel_cuda.kernels.tuning import tuned_table
 from accel_cuda.kernels.w4a16_gemv import _counters
 from accel_cuda.kernels.wxa16_tma_dot import _write_tile
@@ -38,19 +40,21 @@ def _w8a8_tma_kernel(
     x_desc, w_desc, sx_ptr, sw_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
     M, N, STEPS, SPLIT,
     FP8: tl.constexpr, SW_PER_N: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, STAGES: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
 ):
     row0 = tl.program_id(0) * BLOCK_N
     m0 = tl.program_id(2) * BLOCK_M
     rows = row0 + tl.arange(0, BLOCK_N)
     cols = m0 + tl.arange(0, BLOCK_M)
     k_first = tl.program_id(1) * STEPS * 128
+    pdl_enter(PDL)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32 if FP8 else tl.int32)
     for i in tl.range(STEPS, num_stages=STAGES):
         k0 = k_first + i * 128
         w = w_desc.load([row0, k0])  # [BLOCK_N, 128] codes
         xt = x_desc.load([m0, k0])  # [BLOCK_M, 128] codes; rows past M arrive as zeros
         acc = tl.dot(w, tl.trans(xt), acc, out_dtype=tl.float32 if FP8 else tl.int32)
+    pdl_release(PDL)
     sx = tl.load(sx_ptr + cols, mask=cols < M, other=0.0)
     sw = tl.load(sw_ptr + rows).to(tl.float32) if SW_PER_N else tl.load(sw_ptr + rows * 0).to(tl.float32)
     y = acc.to(tl.float32) * sw[:, None] * sx[None, :]
@@ -141,10 +145,11 @@ def w8a8_tma(
     x_desc = TensorDescriptor.from_tensor(codes, [bm, BK])
     w_desc = TensorDescriptor.from_tensor(weight, [bn, BK])
     sw = weight_scale.reshape(-1)
+    pdl = pdl_mode(codes.device)
     _w8a8_tma_kernel[grid](
         x_desc, w_desc, sx, sw, bias if bias is not None else sx, out, ws, cnt,
         m, n, steps // split, split,
         FP8=fp8, SW_PER_N=sw.numel() > 1, HAS_BIAS=bias is not None,
-        BLOCK_N=bn, BLOCK_M=bm, STAGES=config.stages, num_warps=config.num_warps,
+        BLOCK_N=bn, BLOCK_M=bm, STAGES=config.stages, PDL=pdl, num_warps=config.num_warps, launch_pdl=bool(pdl),
     )
     return out

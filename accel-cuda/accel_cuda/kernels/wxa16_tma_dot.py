@@ -21,6 +21,8 @@ KERNEL_NOTES.md):
 - x [M, K] through a descriptor too (rows past M arrive as zeros); out^T tiles are stored transposed into [M, N].
   Split-K partials go to an fp32 workspace and the last program of a tile sums them (w4a16_gemv's counters), so a
   call is one launch.
+
+Launched with programmatic dependent launch on Hopper (pdl.py): wait before the first load, release after the K loop.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from accel_cuda.kernels.pdl import pdl_enter, pdl_mode, pdl_release
 from accel_cuda.kernels.tuning import tuned_table
 from accel_cuda.kernels.w4a16 import _codes8, _interleave8
 from accel_cuda.kernels.w4a16_gemv import _counters
@@ -113,6 +116,7 @@ def _tma_dot_kernel(
     BITS: tl.constexpr, HAS_ZP: tl.constexpr, PER_CHANNEL: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, NG: tl.constexpr, SBOX: tl.constexpr, ZBOX: tl.constexpr,
     STAGES: tl.constexpr, PAIRS: tl.constexpr, ASM: tl.constexpr, MAGIC: tl.constexpr, CVT: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     BK: tl.constexpr = NG * 128
     row0 = tl.program_id(0) * BLOCK_N
@@ -120,6 +124,7 @@ def _tma_dot_kernel(
     rows = row0 + tl.arange(0, BLOCK_N)
     g_first = tl.program_id(1) * STEPS * NG
     dt = out_ptr.dtype.element_ty
+    pdl_enter(PDL)
     if PER_CHANNEL:  # one scale (and zero point) per row for all of K
         s_row = tl.load(s_ptr + rows).to(tl.float32)
         zp_row = tl.load(z_ptr + rows).to(tl.float32) if HAS_ZP else tl.zeros_like(s_row)
@@ -168,6 +173,7 @@ def _tma_dot_kernel(
             else:
                 a = ((codes - zp) * s).to(dt)
         acc = tl.dot(tl.reshape(a, (BLOCK_N, BK)), tl.trans(xt), acc)
+    pdl_release(PDL)
     if PER_CHANNEL:
         acc = acc * s_row[:, None]
     _write_tile(acc, out_ptr, ws_ptr, cnt_ptr, rows, m0 + tl.arange(0, BLOCK_M), M, N, SPLIT)
@@ -276,11 +282,12 @@ def wxa16_tma_dot(
     else:
         s_desc = TensorDescriptor.from_tensor(weight_scale, [bn, sbox])
         z_desc = TensorDescriptor.from_tensor(weight_zero_point, [bn, zbox]) if has_zp else s_desc
+    pdl = pdl_mode(x.device)
     _tma_dot_kernel[grid](
         x_desc, w_desc, s_desc, z_desc, weight_scale, weight_zero_point if has_zp else weight_scale, result, ws, cnt,
         m, n, steps_total // split, split,
         BITS=bits, HAS_ZP=has_zp, PER_CHANNEL=per_channel, BLOCK_N=bn, BLOCK_M=bm, NG=ng, SBOX=sbox, ZBOX=zbox,
         STAGES=config.stages, PAIRS=config.pairs and bits == 4 and not INTERPRET, ASM=_PAIR_ASM[dt],
-        MAGIC=_MAGIC[dt], CVT=_CVT_PAIR[dt], num_warps=config.num_warps,
+        MAGIC=_MAGIC[dt], CVT=_CVT_PAIR[dt], PDL=pdl, num_warps=config.num_warps, launch_pdl=bool(pdl),
     )
     return result
