@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
-from accel.runtime.generate import Generator, generate, logits_to_probs, sample
+from accel.runtime.generate import ARGMAX_CHUNK, Generator, generate, logits_to_probs, sample, vocab_argmax
 from accel.runtime.loaders import load_model
 from accel.runtime.model import DecoderModel, from_hf, random_model
 
@@ -141,6 +141,31 @@ def test_generate_function_sizes_its_own_cache() -> None:
 
 
 # ------------------------------------------------------------------------------------- sampling
+
+
+def _argmax_case(vocab: int, device: str) -> None:
+    gen = torch.Generator().manual_seed(vocab)
+    x = torch.randint(-3, 4, (5, 2, vocab), generator=gen).to(device, torch.bfloat16)  # ties: the first index wins
+    x[0, 0, 7 * vocab // 8] = 9.0  # a lone maximum in a late chunk
+    x[1, 0, :] = -1.0  # all equal: index 0
+    x[2, 1, vocab // 2] = float("nan")  # NaN counts as the maximum
+    x[3, 1, -1] = float("inf")
+    got = vocab_argmax(x)
+    assert got.shape == (5, 2) and got.dtype == torch.int64
+    assert torch.equal(got, x.argmax(dim=-1))
+    assert torch.equal(vocab_argmax(x[0, 0]), x[0, 0].argmax())  # one row, no batch dims
+
+
+@pytest.mark.parametrize("vocab", [ARGMAX_CHUNK * 6, ARGMAX_CHUNK * 6 + 3, 100])
+def test_vocab_argmax_equals_torch_argmax(vocab: int) -> None:
+    _argmax_case(vocab, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("vocab", [ARGMAX_CHUNK * 501, ARGMAX_CHUNK * 6 + 3])
+def test_vocab_argmax_equals_torch_argmax_on_cuda(vocab: int) -> None:
+    _argmax_case(vocab, "cuda")
 
 
 def test_top_k_and_top_p_keep_the_right_tokens() -> None:
