@@ -28,6 +28,8 @@ WEIGHT_CONFIGS: dict[str, tuple[str, dict[str, Any], str]] = {
     "gptq-w4-sym": ("w4a16", {}, "GPTQ W4A16 g128 symmetric"),
     "rtn-w4-asym": ("w4a16-rtn", {"symmetric": False}, "RTN W4A16 g128 asymmetric"),
     "awq-w4-asym": ("w4a16-awq", {}, "AWQ W4A16 g128 asymmetric"),
+    "rtn-w4-sym-head": ("w4a16-rtn", {"ignore": []}, "RTN W4A16 g128 symmetric, lm_head quantized too"),
+    "gptq-w4-sym-head": ("w4a16", {"ignore": []}, "GPTQ W4A16 g128 symmetric, lm_head quantized too"),
     "rtn-w8a8": ("w8a8", {"method": "rtn"}, "RTN W8A8 int8 (per-channel W, per-token A)"),
     "smoothquant-w8a8": ("w8a8", {}, "SmoothQuant W8A8 int8 (alpha 0.5)"),
     "fp8": ("fp8", {}, "FP8 e4m3 W8A8 (per-channel W, per-token A)"),
