@@ -2,10 +2,11 @@
 
 The kernel table holds the Triton kernels (when Triton is installed): W4A16 and W8A16 (dequant_linear) linear, int8
 and fp8 W8A8 linear, flash-decoding attention over the static KV cache and the fused write into it, RMSNorm, RoPE
-on q and k in one launch, the residual add fused into RMSNorm (add_rms_norm), and SwiGLU's silu(gate) * up
-(silu_and_mul); the W8A8 activation quantization fused into the norms and SwiGLU (rms_norm_quant, add_rms_norm_quant,
-silu_and_mul_quant) and the W8A8 GEMM on those codes (w8a8_scaled_mm); every other op on a CUDA device falls through
-to core's portable reference. Importing this module does not import Triton.
+on q and k in one launch (and fused with the KV cache write: rotary_kv_cache_write), the residual add fused into
+RMSNorm (add_rms_norm), and SwiGLU's silu(gate) * up (silu_and_mul); the W8A8 activation quantization fused into the
+norms and SwiGLU (rms_norm_quant, add_rms_norm_quant, silu_and_mul_quant) and the W8A8 GEMM on those codes
+(w8a8_scaled_mm); every other op on a CUDA device falls through to core's portable reference. Importing this module
+does not import Triton.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def kernels() -> dict[str, Callable[..., Any]]:
         rms_norm,
         rms_norm_quant,
         rotary_embedding,
+        rotary_kv_cache_write,
         silu_and_mul,
         silu_and_mul_quant,
         triton_available,
@@ -54,6 +56,7 @@ def kernels() -> dict[str, Callable[..., Any]]:
         "kv_cache_write": kv_cache_write,
         "rms_norm": rms_norm,
         "rotary_embedding": rotary_embedding,
+        "rotary_kv_cache_write": rotary_kv_cache_write,
         "add_rms_norm": add_rms_norm,
         "silu_and_mul": silu_and_mul,
         "rms_norm_quant": rms_norm_quant,
@@ -72,9 +75,9 @@ def accel_register_kernel_backends() -> list[KernelBackendSpec]:
             description=(
                 "NVIDIA GPUs through PyTorch CUDA: Triton W4A16 (dense and 2:4-sparse), W8A16 and W8A8 (int8, fp8) "
                 "linear, flash-decoding over the quantized KV cache and its fused quantize-and-write, fused RMSNorm, "
-                "fused RoPE (q and k in one launch), fused residual add + RMSNorm and SwiGLU silu-and-mul, W8A8 "
-                "activation quantization fused into RMSNorm / add + RMSNorm / silu-and-mul and the W8A8 GEMM on those "
-                "codes; portable reference kernels otherwise"
+                "fused RoPE (q and k in one launch; fused with the KV cache write at decode), fused residual add + "
+                "RMSNorm and SwiGLU silu-and-mul, W8A8 activation quantization fused into RMSNorm / add + RMSNorm / "
+                "silu-and-mul and the W8A8 GEMM on those codes; portable reference kernels otherwise"
             ),
             device_type=CudaPlatform.device_type,
             is_available=CudaPlatform.is_available,

@@ -323,6 +323,18 @@ def _kv_write():
     return kv_write._kv_write_kernel, types, consts, {}
 
 
+def _rope_kv_write():
+    from accel_cuda.kernels import rope_kv_write
+
+    types = {name: "*bf16" for name in ("q_ptr", "k_ptr", "v_ptr", "cos_ptr", "sin_ptr", "q_out", "k_rot")}
+    types |= {name: "*i8" for name in ("kc_ptr", "vc_ptr")}
+    types |= {name: "*fp32" for name in ("ks_ptr", "kz_ptr", "vs_ptr", "vz_ptr")}
+    consts = {"HALF": 64, "FMT": 1, "RECIP": True, "BLOCK_D": 128, "BLOCK_G": 4}
+    blocks = {"BLOCK_H": 8, "BLOCK_KV": 1, "BLOCK_HALF": 64}  # the plan at Llama-3-8B's decode (int8)
+    kernel = rope_kv_write._rope_kv_write_kernel
+    return kernel, {**types, "pos_ptr": "*i64"}, {**consts, **blocks}, {"enable_fp_fusion": False}
+
+
 def _attention_split():
     from accel_cuda.kernels import attention
 
@@ -382,6 +394,7 @@ KERNELS = {
     "rope": _rope,
     "silu_and_mul": _silu_mul,
     "kv_write": _kv_write,
+    "rope_kv_write": _rope_kv_write,
     "attention_split": _attention_split,
     "attention_fma": _attention_fma,
     "attention_reduce": _attention_reduce,

@@ -99,9 +99,24 @@ def test_plugin_import_does_not_import_triton():
     assert after == before, "loading the plugin or its kernel table imported triton"
 
 
-KERNEL_OPS = {"dequant_linear", "w4a16_linear", "w4a16_sparse24_linear", "w8a8_int8_linear", "fp8_linear",
-              "cached_attention", "kv_cache_write", "rms_norm", "rotary_embedding", "add_rms_norm", "silu_and_mul",
-              "rms_norm_quant", "add_rms_norm_quant", "silu_and_mul_quant", "w8a8_scaled_mm"}
+KERNEL_OPS = {
+    "dequant_linear",
+    "w4a16_linear",
+    "w4a16_sparse24_linear",
+    "w8a8_int8_linear",
+    "fp8_linear",
+    "cached_attention",
+    "kv_cache_write",
+    "rms_norm",
+    "rotary_embedding",
+    "rotary_kv_cache_write",
+    "add_rms_norm",
+    "silu_and_mul",
+    "rms_norm_quant",
+    "add_rms_norm_quant",
+    "silu_and_mul_quant",
+    "w8a8_scaled_mm",
+}
 
 
 def test_kernel_table_has_the_triton_kernels_where_triton_is_installed():

@@ -11,7 +11,8 @@ shape and dtype without running anything. The plain-Python references stay calla
 kv_cache_write returns nothing and declares the cache tensors it stores into as mutated (`mutates_args`), so
 torch.compile functionalizes it (auto_functionalize) instead of treating it as pure. Its scale and zero-point
 stores are Optional (None for formats without them): torch.library accepts Optional mutated tensors (schema
-`Tensor(a!)?`), so no placeholder tensors are needed.
+`Tensor(a!)?`), so no placeholder tensors are needed. rotary_kv_cache_write declares the same stores mutated and
+returns the rotated q, a new tensor.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "rms_norm",
     "rms_norm_quant",
     "rotary_embedding",
+    "rotary_kv_cache_write",
     "silu_and_mul",
     "silu_and_mul_quant",
     "w4a16_linear",
@@ -236,6 +238,35 @@ def rotary_embedding(
 @rotary_embedding.register_fake
 def _(q, k, cos, sin):  # type: ignore[no-untyped-def]
     return q.new_empty(q.shape), k.new_empty(k.shape)
+
+
+@torch.library.custom_op(
+    "accel::rotary_kv_cache_write", mutates_args=("k_codes", "k_scale", "k_zero", "v_codes", "v_scale", "v_zero")
+)
+def rotary_kv_cache_write(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+    k_codes: torch.Tensor,
+    k_scale: torch.Tensor | None,
+    k_zero: torch.Tensor | None,
+    v_codes: torch.Tensor,
+    v_scale: torch.Tensor | None,
+    v_zero: torch.Tensor | None,
+    fmt: str,
+) -> torch.Tensor:
+    """accel.runtime.rope_kv_ops.rotary_kv_cache_write (q rotated, a new tensor; rotated k and v stored in place), on
+    the selected kernel."""
+    impl = kernel_choice("rotary_kv_cache_write", q.device.type).impl
+    return impl(q, k, v, cos, sin, positions, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, fmt)
+
+
+@rotary_kv_cache_write.register_fake
+def _(q, k, v, cos, sin, positions, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, fmt):  # type: ignore[no-untyped-def]
+    return q.new_empty(q.shape)
 
 
 @torch.library.custom_op("accel::add_rms_norm", mutates_args=())

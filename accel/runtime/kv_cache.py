@@ -8,7 +8,9 @@ that writes and reads the cache can be captured in a CUDA graph.
 
 Writes go through op `kv_cache_write` (kv_ops.kv_cache_write's contract: K and V of one layer quantized and
 stored in one call, which a backend fuses into one kernel) and reads through op `cached_attention`
-(kv_ops.cached_attention's), each chosen by the kernel registry, else the kv_ops reference directly.
+(kv_ops.cached_attention's), each chosen by the kernel registry, else the kv_ops reference directly. A decode step
+writes through op `rotary_kv_cache_write` instead (rope_kv_ops' contract: RoPE on q and k fused with the write, one
+kernel where the step ran rotary_embedding then kv_cache_write), chosen the same way.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import torch
 from accel.runtime import kv_ops
 from accel.runtime.kv_ops import KV_FORMATS, KV_INT4_GROUP, KVTensors, kv_quantize
 from accel.runtime.quant_backend import KernelSelector
+from accel.runtime.rope_kv_ops import rotary_kv_cache_write
 
 __all__ = ["RuntimeKVCache", "StaticKVCache", "check_kv_format"]
 
 ATTENTION_OP = "cached_attention"
 WRITE_OP = "kv_cache_write"
+ROTARY_WRITE_OP = "rotary_kv_cache_write"
 
 
 def check_kv_format(kv_format: str) -> None:
@@ -56,6 +60,17 @@ class RuntimeKVCache(Protocol):
     def write_prompt(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None: ...
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None: ...
+
+    def write_rotary(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> torch.Tensor: ...
 
     def attend(self, layer: int, q: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float) -> torch.Tensor: ...
 
@@ -112,6 +127,9 @@ class StaticKVCache:
         write = None if kernels is None else kernels.choose(WRITE_OP)
         self.writer: Callable[..., None] = kv_ops.kv_cache_write if write is None else write.impl
         self.write_backend = "reference" if write is None else write.backend
+        rotary = None if kernels is None else kernels.choose(ROTARY_WRITE_OP)
+        self.rotary_writer: Callable[..., torch.Tensor] = rotary_kv_cache_write if rotary is None else rotary.impl
+        self.rotary_write_backend = "reference" if rotary is None else rotary.backend
         self._views: dict[int, StaticKVCache] = {}
 
     @property
@@ -159,6 +177,22 @@ class StaticKVCache:
         caller checks, as a device-side check would need a host sync): one kv_cache_write call for K and V."""
         keys, values = self.keys[layer], self.values[layer]
         self.writer(k, v, positions, *keys, *values, self.kv_format)
+
+    def write_rotary(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        """RoPE on q [B, T, H, D] and k [B, T, kv_heads, D] (cos / sin [B or 1, T, D]), and rotated k and v
+        [B, T, kv_heads, D] stored as `write` stores them at positions [B, T]: one rotary_kv_cache_write call (a
+        decode step's RoPE and write in one kernel where the backend fuses them). Returns q rotated, [B, T, H, D]."""
+        keys, values = self.keys[layer], self.values[layer]
+        return self.rotary_writer(q, k, v, cos, sin, positions, *keys, *values, self.kv_format)
 
     def attend(self, layer: int, q: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float) -> torch.Tensor:
         """Causal attention of q [B, heads, T, head_dim] (the last T tokens of each row) over this layer's cache

@@ -12,9 +12,10 @@ one kernel launch where the device's backend has one).
 
 The step's small elementwise work runs as fused kernel ops where the device's backend has them (vLLM's fusions):
 each residual add with the norm after it (add_rms_norm: the layers pass the running residual along, so
-`h = x + attn` is computed inside the next norm), RoPE on q and k together (rotary_embedding), and SwiGLU's
-silu(gate) * up (silu_and_mul). In eager torch these were ~16 kernels a layer, 1-3 us each in a CUDA graph. Under
-torch.compile every one of them traces its reference, which Inductor fuses itself.
+`h = x + attn` is computed inside the next norm), RoPE on q and k together (rotary_embedding; at decode fused with
+the KV cache write, rotary_kv_cache_write, through the cache), and SwiGLU's silu(gate) * up (silu_and_mul). In eager
+torch these were ~16 kernels a layer, 1-3 us each in a CUDA graph. Under torch.compile every one of them traces its
+reference, which Inductor fuses itself (the cache's writes run the backend's kernel, opaque to dynamo).
 RoPE rotates each (i, i + d/2) pair of a head by angle pos * inv_freq[i], inv_freq[i] = theta^(-2i/d) (llama3 and
 linear scaling adjust inv_freq). Attention has GQA: query head j reads KV head j // (heads / kv_heads).
 
@@ -47,7 +48,7 @@ from accel.quantization.qlinear import QuantLinear
 from accel.quantization.weight_quant import FP8_DTYPE, QuantizedWeight, WeightQuantArgs
 from accel.runtime import norm_ops
 from accel.runtime.artifact import load_artifact
-from accel.runtime.kv_cache import ATTENTION_OP, WRITE_OP, StaticKVCache, check_kv_format
+from accel.runtime.kv_cache import ATTENTION_OP, ROTARY_WRITE_OP, WRITE_OP, StaticKVCache, check_kv_format
 from accel.runtime.ops import OPS
 from accel.runtime.quant_backend import (
     SCALED_MM_OP,
@@ -239,8 +240,10 @@ class RMSNorm(nn.Module):
     def quantize_output(self, fmt: str, kernels: KernelSelector) -> None:
         """From now on emit activations quantized per token to `fmt` ("int8" / "fp8"), as the next linear takes."""
         self.quant = fmt
-        self.quant_ops = (FusedOp(NORM_QUANT_OP, kernels.choose(NORM_QUANT_OP)),
-                          FusedOp(ADD_NORM_QUANT_OP, kernels.choose(ADD_NORM_QUANT_OP)))
+        self.quant_ops = (
+            FusedOp(NORM_QUANT_OP, kernels.choose(NORM_QUANT_OP)),
+            FusedOp(ADD_NORM_QUANT_OP, kernels.choose(ADD_NORM_QUANT_OP)),
+        )
 
     def forward(self, x: torch.Tensor) -> Activation:
         if self.quant_ops is not None:
@@ -328,10 +331,10 @@ class Attention(nn.Module):
         q, k, v = self.qkv_proj(x).split(self.sizes, dim=-1)
         q = q.view(b, t, self.num_heads, self.head_dim)  # [B, T, H, D]
         k = k.view(b, t, self.num_kv_heads, self.head_dim)  # [B, T, Hkv, D]
-        q, k = self.rope(q, k, cos, sin)  # x * cos + rotate_half(x) * sin, one rotation for every head
-        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, H, T, D], [B, Hkv, T, D]
-        v = v.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, t, self.num_kv_heads, self.head_dim)
         if positions is None:
+            q, k = self.rope(q, k, cos, sin)  # x * cos + rotate_half(x) * sin, one rotation for every head
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D], [B, Hkv, T, D]
             cache.write_prompt(self.index, k, v)
             # Right padding: every real query sits before its row's padding, so the causal mask is also the
             # padding mask; padded queries' outputs are never read.
@@ -340,7 +343,8 @@ class Attention(nn.Module):
             )
         else:
             assert seq_lens is not None
-            cache.write(self.index, k, v, positions)
+            # The same RoPE, then k and v stored at their positions: one op (rotary_kv_cache_write), one launch.
+            q = cache.write_rotary(self.index, q, k, v, cos, sin, positions).transpose(1, 2)  # [B, H, T, D]
             out = cache.attend(self.index, q, seq_lens, self.sm_scale)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
 
@@ -534,7 +538,8 @@ class DecoderModel(nn.Module):
 
     def kernel_meta(self) -> dict[str, str]:
         """Which backend runs each op: {op: backend} over every linear, norm and fused op, the cached attention and
-        the KV cache write (several backends for one op are joined with commas)."""
+        the KV cache writes (prefill's, and decode's fused with RoPE; several backends for one op are joined with
+        commas)."""
         seen: dict[str, set[str]] = {}
         for module in self.modules():
             ops: list[RuntimeLinear | RMSNorm | FusedOp] = []
@@ -551,7 +556,7 @@ class DecoderModel(nn.Module):
                 seen.setdefault(SCALED_MM_OP, set()).add("reference" if choice is None else choice.backend)
             for op in ops:
                 seen.setdefault(op.op, set()).add(op.backend)
-        for op in (ATTENTION_OP, WRITE_OP):
+        for op in (ATTENTION_OP, WRITE_OP, ROTARY_WRITE_OP):
             choice = self.kernels.choose(op)
             seen[op] = {"reference" if choice is None else choice.backend}
         return {op: ",".join(sorted(backends)) for op, backends in sorted(seen.items())}
@@ -615,8 +620,10 @@ def _fuse_activation_quant(layer: DecoderLayer, kernels: KernelSelector) -> None
     and down_proj's from SwiGLU: they quantize their own (op silu_and_mul_quant exists, but its one-program-per-row
     kernel measured slower than silu_and_mul + the linear's quantize_rows at every row count on the H200,
     accel-cuda/KERNEL_NOTES.md)."""
-    for norm, linear in ((layer.input_layernorm, layer.self_attn.qkv_proj),
-                         (layer.post_attention_layernorm, layer.mlp.gate_up_proj)):
+    for norm, linear in (
+        (layer.input_layernorm, layer.self_attn.qkv_proj),
+        (layer.post_attention_layernorm, layer.mlp.gate_up_proj),
+    ):
         fmt = act_quant(linear)
         if fmt is not None:
             norm.quantize_output(fmt, kernels)
@@ -723,8 +730,14 @@ def _random_quant_linear(
         if quant == "w4a16-2:4":  # 2 of every 4 inputs kept at random; the module keeps its mask (as loaded)
             keep = torch.rand(n, k // 4, 4, generator=gen, device=device).argsort(dim=2)[..., :2]
             mask = torch.zeros(n, k // 4, 4, dtype=torch.bool, device=device).scatter_(2, keep, True).reshape(n, k)
-            module = QuantLinear(QuantizedWeight(q.masked_fill(~mask, 0), torch.full(
-                (n, args.num_groups(k)), std / 4.6 * 2**0.5, dtype=dtype, device=device), None, args))
+            module = QuantLinear(
+                QuantizedWeight(
+                    q.masked_fill(~mask, 0),
+                    torch.full((n, args.num_groups(k)), std / 4.6 * 2**0.5, dtype=dtype, device=device),
+                    None,
+                    args,
+                )
+            )
             module.accel_sparse_mask, module.accel_sparse_pattern = mask, "2:4"
             return module
         scale = torch.full((n, args.num_groups(k)), std / 4.6, dtype=dtype, device=device)

@@ -22,6 +22,7 @@ from accel.runtime.fused_quant_ops import add_rms_norm_quant, quant_args, rms_no
 from accel.runtime.kv_ops import KV_FORMATS, KVTensors, cached_attention, kv_cache_write, kv_dequantize, kv_quantize
 from accel.runtime.norm_ops import add_rms_norm, rms_norm
 from accel.runtime.packing import pack_int32, packed_columns, unpack_int32
+from accel.runtime.rope_kv_ops import rotary_kv_cache_write
 from accel.runtime.rope_ops import rotary_embedding
 
 InputMaker = Callable[[torch.Generator, str, torch.dtype], tuple[Any, ...]]
@@ -32,8 +33,9 @@ class OpSpec:
     """One op: name, reference implementation, test inputs, and the tolerance a kernel must meet.
 
     Most ops return a tensor, and a kernel's output is compared with the reference's. An op that mutates its
-    arguments instead (kv_cache_write stores into the cache) returns None and sets `observe`: what to compare,
-    read from the arguments after the call (e.g. the dequantized stores). `result` hides the difference."""
+    arguments (kv_cache_write stores into the cache) sets `observe`: what to compare, read from the arguments after
+    the call (e.g. the dequantized stores); it returns None, or a tensor judged with them (rotary_kv_cache_write's
+    rotated q). `result` hides the difference."""
 
     name: str
     reference: Callable[..., torch.Tensor | tuple[torch.Tensor, ...] | None]
@@ -43,7 +45,7 @@ class OpSpec:
     doc: str
     # More input sets a kernel must also match on (an op whose arguments select a path, e.g. a KV cache format).
     variants: tuple[InputMaker, ...] = ()
-    # A mutating op: the tensor to compare, computed from its arguments after the call.
+    # A mutating op: the tensor to compare, computed from its arguments after the call (after its output, if any).
     observe: Callable[[tuple[Any, ...]], torch.Tensor] | None = None
     # An op whose outputs are not compared as they are (quantized codes and their scales): the tensor to compare,
     # computed from the outputs and the arguments.
@@ -57,7 +59,7 @@ class OpSpec:
     def result(self, impl: Callable[..., Any], args: tuple[Any, ...]) -> torch.Tensor:
         """What a kernel is judged on: impl(*args) (`judge` of it, where the op sets one); for a mutating op,
         `observe` of a clone of the arguments that impl ran on, so `args` stay as made and the reference and a kernel
-        each start from the same inputs."""
+        each start from the same inputs (preceded by impl's output where it returns one, flattened to float32)."""
         if self.observe is None:
             out = impl(*args)
             assert out is not None, f"{self.name}: returned None, but the op declares no `observe`"
@@ -67,8 +69,11 @@ class OpSpec:
                 return torch.cat([part.reshape(-1) for part in out])
             return out
         fresh = tuple(arg.clone() if isinstance(arg, torch.Tensor) else arg for arg in args)
-        impl(*fresh)
-        return self.observe(fresh)
+        out = impl(*fresh)
+        observed = self.observe(fresh)
+        if out is None:
+            return observed
+        return torch.cat([out.reshape(-1).float(), observed.reshape(-1).float()])
 
 
 def _dequant_linear_inputs(gen: torch.Generator, device: str, dtype: torch.dtype) -> tuple[Any, ...]:
@@ -464,7 +469,19 @@ def _kv_cache_write_inputs(
 
 def _kv_cache_write_observe(args: tuple[Any, ...]) -> torch.Tensor:
     """The whole K and V stores after a write, dequantized: [2, B', H, S, D] float32."""
-    k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, fmt = args[3:]
+    return _dequantized_stores(*args[3:])
+
+
+def _dequantized_stores(
+    k_codes: torch.Tensor,
+    k_scale: torch.Tensor | None,
+    k_zero: torch.Tensor | None,
+    v_codes: torch.Tensor,
+    v_scale: torch.Tensor | None,
+    v_zero: torch.Tensor | None,
+    fmt: str,
+) -> torch.Tensor:
+    """Whole K and V stores in `fmt`, dequantized: [2, B', H, S, D] float32."""
     keys = kv_dequantize(KVTensors(k_codes, k_scale, k_zero), fmt)
     values = kv_dequantize(KVTensors(v_codes, v_scale, v_zero), fmt)
     return torch.stack([keys, values])
@@ -530,20 +547,66 @@ def _rotary_inputs(
     # contiguous). angles: cos / sin of real RoPE angles (llama's theta 5e5; each frequency in both halves) at
     # positions in 0 .. 4096, one table for the batch (prefill) or one per row (decode); else independent random
     # values for every element, which a kernel mixing up the halves of the tables cannot match.
-    b, t, h, hkv, d = shape
-    qkv = torch.randn(b, t, (h + 2 * hkv) * d, generator=gen) * 4
-    q, k, _ = qkv.to(device=device, dtype=dtype).split((h * d, hkv * d, hkv * d), dim=-1)
+    _, t, _, _, d = shape
+    q, k, _ = _fused_qkv(gen, device, dtype, shape)
     if angles:
         positions = torch.randint(0, 4096 - t, (table_batch, 1), generator=gen) + torch.arange(t)  # [B|1, T]
-        inv_freq = 1.0 / 500000.0 ** (torch.arange(0, d, 2, dtype=torch.float32) / d)
-        half = positions[..., None].float() * inv_freq  # [B|1, T, D/2]
-        angle = torch.cat((half, half), dim=-1)
-        cos, sin = angle.cos(), angle.sin()
+        cos, sin = _rope_angles(positions, d)
     else:
         cos, sin = (torch.randn(table_batch, t, d, generator=gen) for _ in range(2))
     cos, sin = (table.to(device=device, dtype=dtype) for table in (cos, sin))
-    return (q.view(b, t, h, d), k.view(b, t, hkv, d), cos, sin)
+    return (q, k, cos, sin)
 
+
+def _fused_qkv(
+    gen: torch.Generator, device: str, dtype: torch.dtype, shape: tuple[int, int, int, int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q [B, T, H, D], k and v [B, T, Hkv, D] for shape (B, T, H, Hkv, D), as the model makes them: views of one fused
+    qkv projection output [B, T, (H + 2 Hkv) D] of N(0, 4^2) values (strided, not contiguous)."""
+    b, t, h, hkv, d = shape
+    qkv = torch.randn(b, t, (h + 2 * hkv) * d, generator=gen) * 4
+    q, k, v = qkv.to(device=device, dtype=dtype).split((h * d, hkv * d, hkv * d), dim=-1)
+    return q.view(b, t, h, d), k.view(b, t, hkv, d), v.view(b, t, hkv, d)
+
+
+def _rope_angles(positions: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [..., D] float32 of the RoPE angles at integer `positions` [...] (llama's theta 5e5, each frequency
+    in both halves of head_dim D)."""
+    inv_freq = 1.0 / 500000.0 ** (torch.arange(0, d, 2, dtype=torch.float32) / d)
+    half = positions[..., None].float() * inv_freq  # [..., D/2]
+    angle = torch.cat((half, half), dim=-1)
+    return angle.cos(), angle.sin()
+
+
+def _rotary_kv_cache_write_inputs(
+    gen: torch.Generator, device: str, dtype: torch.dtype, *, fmt: str, new_tokens: int = 1
+) -> tuple[Any, ...]:
+    # kv_cache_write's positions and stores (3 rows written into a store of 4, 2 KV heads, head_dim 96; ragged and,
+    # in row 2, backwards positions; stores already holding quantized data), with q / k / v as views of one fused qkv
+    # output (5 query heads: an odd count over the 2 KV heads) and a table per row at the positions written, as a
+    # decode step (T = 1) or a verification (T > 1) makes them.
+    k_new, _, positions, *stores, _ = _kv_cache_write_inputs(gen, device, dtype, fmt=fmt, new_tokens=new_tokens)
+    b, hkv, t, d = k_new.shape
+    q, k, v = _fused_qkv(gen, device, dtype, (b, t, 5, hkv, d))
+    cos, sin = (table.to(device=device, dtype=dtype) for table in _rope_angles(positions.cpu(), d))
+    return (q, k, v, cos, sin, positions, *stores, fmt)
+
+
+def _rotary_kv_cache_write_observe(args: tuple[Any, ...]) -> torch.Tensor:
+    """The whole K and V stores after the write, dequantized: [2, B', Hkv, S, D] float32 (the rotated q, which the op
+    returns, comes before it: OpSpec.result)."""
+    return _dequantized_stores(*args[6:])
+
+
+def _kv_format_variants(make_inputs: Callable[..., tuple[Any, ...]], new_tokens: int) -> tuple[InputMaker, ...]:
+    """A KV cache op's variants: make_inputs in every KV format at T = 1 and T = new_tokens, but ("none", T = 1), the
+    op's make_inputs."""
+    return tuple(
+        functools.partial(make_inputs, fmt=fmt, new_tokens=t)
+        for fmt in KV_FORMATS
+        for t in (1, new_tokens)
+        if (fmt, t) != ("none", 1)
+    )
 
 
 def _zero_first_row(args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -693,12 +756,7 @@ OPS: dict[str, OpSpec] = {
         name="cached_attention",
         reference=cached_attention,
         make_inputs=functools.partial(_cached_attention_inputs, fmt="none"),
-        variants=tuple(
-            functools.partial(_cached_attention_inputs, fmt=fmt, new_tokens=t)
-            for fmt in KV_FORMATS
-            for t in (1, 3)
-            if (fmt, t) != ("none", 1)
-        ),
+        variants=_kv_format_variants(_cached_attention_inputs, 3),
         rtol=1e-2,
         atol=1e-2,
         doc="causal GQA attention of T new queries over a static KV cache (none/int8/fp8/int4), ragged lengths",
@@ -707,12 +765,7 @@ OPS: dict[str, OpSpec] = {
         name="kv_cache_write",
         reference=kv_cache_write,
         make_inputs=functools.partial(_kv_cache_write_inputs, fmt="none"),
-        variants=tuple(
-            functools.partial(_kv_cache_write_inputs, fmt=fmt, new_tokens=t)
-            for fmt in KV_FORMATS
-            for t in (1, 5)
-            if (fmt, t) != ("none", 1)
-        ),
+        variants=_kv_format_variants(_kv_cache_write_inputs, 5),
         # Exact: a kernel quantizes as kv_quantize does, bit for bit; one code off is a different cache.
         rtol=0.0,
         atol=0.0,
@@ -753,6 +806,20 @@ OPS: dict[str, OpSpec] = {
         atol=0.0,
         doc="RoPE on q [B, T, H, D] and k [B, T, Hkv, D] (strided views) in one launch: x * cos + rotate_half(x) * sin "
         "with cos / sin [B or 1, T, D], rounded as torch does",
+    ),
+    "rotary_kv_cache_write": OpSpec(
+        name="rotary_kv_cache_write",
+        reference=rotary_kv_cache_write,
+        # kv_cache_write's cases (every format, T = 1 and 3, ragged and backwards positions) with q / k / v from one
+        # fused qkv output and per-row tables.
+        make_inputs=functools.partial(_rotary_kv_cache_write_inputs, fmt="none"),
+        variants=_kv_format_variants(_rotary_kv_cache_write_inputs, 3),
+        # Exact: rotary_embedding's rounding and kv_cache_write's quantization, each bit for bit.
+        rtol=0.0,
+        atol=0.0,
+        doc="RoPE on q and k fused with the KV cache write: returns q rotated, stores rotated k and v (none/int8/fp8/"
+        "int4) at their positions of a static KV cache, in place",
+        observe=_rotary_kv_cache_write_observe,
     ),
     "add_rms_norm": OpSpec(
         name="add_rms_norm",

@@ -16,6 +16,8 @@ from accel.runtime.kv_ops import KV_FORMATS, KVTensors, kv_cache_write, kv_dequa
 from accel.runtime.loaders import load_model
 from accel.runtime.model import from_hf
 from accel.runtime.quant_backend import KernelSelector
+from accel.runtime.rope_kv_ops import rotary_kv_cache_write
+from accel.runtime.rope_ops import rotary_embedding
 from accel.schema import CapabilityDescriptor
 
 LAYERS, HEADS, SEQ, DIM = 2, 3, 16, 64
@@ -95,20 +97,25 @@ def test_bad_arguments_name_the_field() -> None:
 
 
 def selector_with_write_kernel(calls: list[str]) -> KernelSelector:
-    """A CPU kernel selector whose registry holds a backend serving kv_cache_write (core's reference, counting its
-    calls), registered as a third party's would be: the cache must take it from the selector."""
+    """A CPU kernel selector whose registry holds a backend serving kv_cache_write and rotary_kv_cache_write (core's
+    references, recording each call's format, "rotary:"-prefixed for the fused one), registered as a third party's
+    would be: the cache must take them from the selector."""
 
     def kernel(*args: object) -> None:
         calls.append(str(args[-1]))
         kv_cache_write(*args)  # type: ignore[arg-type]
 
+    def rotary_kernel(*args: object) -> torch.Tensor:
+        calls.append(f"rotary:{args[-1]}")
+        return rotary_kv_cache_write(*args)  # type: ignore[arg-type]
+
     spec = KernelBackendSpec(
         name="cpu-kv-write",
-        description="core's kv_cache_write served as a backend kernel on the CPU (test plugin)",
+        description="core's KV cache writes served as backend kernels on the CPU (test plugin)",
         device_type="cpu",
         is_available=lambda: True,
         capability=lambda: CapabilityDescriptor(device_name="cpu", device_type="cpu"),
-        kernels=lambda: {"kv_cache_write": kernel},
+        kernels=lambda: {"kv_cache_write": kernel, "rotary_kv_cache_write": rotary_kernel},
         priority=1,
     )
     registry = load_registry(PluginPolicy())
@@ -163,6 +170,56 @@ def test_a_compiled_decode_step_writes_what_the_eager_one_does(kv_format: str, b
 
         run = torch.compile(step, backend="aot_eager", fullgraph=not backend_kernel) if compiled else step
         outputs.append(run(k, v, positions, q, seq_lens))
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
+    assert same_stores(caches[0], caches[1])
+    assert stored(caches[1], 0)[0, :, 3].abs().sum() > 0  # the compiled step really wrote
+
+
+def decode_qkv(b: int, heads: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """One decode token's q [B, 1, heads, D], k and v [B, 1, HEADS, D] (views of one qkv output, as the model makes
+    them) and cos / sin [B, 1, D] of random values, bf16."""
+    qkv = torch.randn(b, 1, (heads + 2 * HEADS) * DIM, generator=gen).to(torch.bfloat16)
+    q, k, v = qkv.split((heads * DIM, HEADS * DIM, HEADS * DIM), dim=-1)
+    cos, sin = torch.randn(2, b, 1, DIM, generator=gen).to(torch.bfloat16)
+    return q.view(b, 1, heads, DIM), k.view(b, 1, HEADS, DIM), v.view(b, 1, HEADS, DIM), cos, sin
+
+
+@pytest.mark.parametrize("kv_format", KV_FORMATS)
+def test_write_rotary_is_one_call_of_the_selected_kernel_and_rope_then_write(kv_format: str) -> None:
+    """write_rotary: q rotated back, rotated k and v stored, in one call of the selector's rotary_kv_cache_write; the
+    same q and bytes as rotary_embedding then `write` (the unfused decode step)."""
+    calls: list[str] = []
+    cache = StaticKVCache(LAYERS, 3, HEADS, SEQ, DIM, kv_format=kv_format, kernels=selector_with_write_kernel(calls))
+    plain = StaticKVCache(LAYERS, 3, HEADS, SEQ, DIM, kv_format=kv_format)
+    assert (cache.rotary_write_backend, plain.rotary_write_backend) == ("cpu-kv-write", "reference")
+    q, k, v, cos, sin = decode_qkv(2, 6, torch.Generator().manual_seed(0))
+    positions = torch.tensor([[5], [3]])
+    got = cache.rows(2).write_rotary(1, q, k, v, cos, sin, positions)
+    want, k_rot = rotary_embedding(q, k, cos, sin)
+    plain.rows(2).write(1, k_rot.transpose(1, 2), v.transpose(1, 2), positions)
+    assert calls == [f"rotary:{kv_format}"]
+    assert torch.equal(got, want) and same_stores(cache, plain)
+    assert stored(cache, 1)[:, :, 5].abs().sum() > 0 and stored(cache, 0).abs().sum() == 0
+
+
+@pytest.mark.parametrize("kv_format", ["none", "int8", "int4"])
+@pytest.mark.parametrize("backend_kernel", [False, True], ids=["reference", "backend"])
+def test_a_compiled_rotary_write_stores_what_the_eager_one_does(kv_format: str, backend_kernel: bool) -> None:
+    """write_rotary under torch.compile as a decode step runs it: the reference traced (fullgraph), or a backend's
+    kernel made opaque to dynamo; the same q, attention output and stores as eagerly."""
+    kernels = selector_with_write_kernel([]) if backend_kernel else None
+    caches = [StaticKVCache(1, 2, HEADS, SEQ, DIM, kv_format=kv_format, kernels=kernels) for _ in range(2)]
+    q, k, v, cos, sin = decode_qkv(2, 6, torch.Generator().manual_seed(1))
+    positions, seq_lens = torch.tensor([[3], [0]]), torch.tensor([4, 1])
+    outputs = []
+    for cache, compiled in zip(caches, (False, True), strict=True):
+
+        def step(q, k, v, cos, sin, positions, seq_lens, cache=cache):
+            q_rot = cache.write_rotary(0, q, k, v, cos, sin, positions).transpose(1, 2)
+            return cache.attend(0, q_rot, seq_lens, DIM**-0.5)
+
+        run = torch.compile(step, backend="aot_eager", fullgraph=not backend_kernel) if compiled else step
+        outputs.append(run(q, k, v, cos, sin, positions, seq_lens))
     torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
     assert same_stores(caches[0], caches[1])
     assert stored(caches[1], 0)[0, :, 3].abs().sum() > 0  # the compiled step really wrote

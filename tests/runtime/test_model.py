@@ -4,7 +4,8 @@ norms through the registry's rms_norm kernel, eager and compiled."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from accel.plugins import KernelBackendSpec, load_registry
 from accel.plugins.backend import BackendPlugin
 from accel.plugins.loader import PluginPolicy
 from accel.plugins.registry import PluginRegistry
+from accel.runtime.kv_cache import StaticKVCache
 from accel.runtime.loaders import load_model
 from accel.runtime.model import (
     RANDOM_QUANT,
@@ -35,6 +37,8 @@ from accel.runtime.model import (
 )
 from accel.runtime.norm_ops import add_rms_norm, rms_norm
 from accel.runtime.quant_backend import DenseLinear, RuntimeLinear
+from accel.runtime.rope_kv_ops import rotary_kv_cache_write
+from accel.runtime.rope_ops import rotary_embedding
 from accel.schema import CapabilityDescriptor
 
 PROMPT = "The capital of France is a city that"
@@ -96,8 +100,14 @@ def test_bundled_logits_match_transformers(bundled) -> None:
     assert relative_error(got[: len(ids)], expected[: len(ids)]) < RELATIVE  # prefill
     assert relative_error(got[len(ids) :], expected[len(ids) :]) < RELATIVE  # decode through the cache
     assert runtime.kernel_meta() == {
-        "add_rms_norm": "reference", "cached_attention": "reference", "kv_cache_write": "reference", "linear": "torch",
-        "rms_norm": "reference", "rotary_embedding": "reference", "silu_and_mul": "reference",
+        "add_rms_norm": "reference",
+        "cached_attention": "reference",
+        "kv_cache_write": "reference",
+        "linear": "torch",
+        "rms_norm": "reference",
+        "rotary_embedding": "reference",
+        "rotary_kv_cache_write": "reference",
+        "silu_and_mul": "reference",
     }
 
 
@@ -266,17 +276,23 @@ def registry_with_norm_kernel(calls: list[tuple[str | int, ...]]) -> PluginRegis
         calls.append(("add_rms_norm", *x.shape))
         return add_rms_norm(x, residual, weight, eps)
 
+    return registry_with_cpu_backend("cpu-rms-norm", {"rms_norm": kernel, "add_rms_norm": add_kernel})
+
+
+def registry_with_cpu_backend(name: str, kernels: dict[str, Callable[..., Any]]) -> PluginRegistry:
+    """A registry with a CPU backend `name` serving `kernels` (op -> kernel) ahead of the reference, registered as a
+    third party's would be."""
     spec = KernelBackendSpec(
-        name="cpu-rms-norm",
-        description="core's rms_norm served as a backend kernel on the CPU (test plugin)",
+        name=name,
+        description="core's references served as backend kernels on the CPU (test plugin)",
         device_type="cpu",
         is_available=lambda: True,
         capability=lambda: CapabilityDescriptor(device_name="cpu", device_type="cpu"),
-        kernels=lambda: {"rms_norm": kernel, "add_rms_norm": add_kernel},
+        kernels=lambda: kernels,
         priority=1,
     )
     registry = load_registry(PluginPolicy())
-    registry.manager.register(BackendPlugin(spec), name="cpu-rms-norm")
+    registry.manager.register(BackendPlugin(spec), name=name)
     return registry
 
 
@@ -335,6 +351,70 @@ def test_a_compiled_decode_step_equals_the_eager_one(backend_kernel: bool) -> No
             outputs.append((step if compiled else runtime.decode)(torch.tensor([[7], [8]]), cache))
     torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
     assert len(calls) == (3 * 5 if backend_kernel else 0)  # eager: 2 prefills and 1 decode, 5 norms each
+
+
+# ------------------------------------------------------------------------------ RoPE fused with the KV cache write
+
+
+def registry_with_rotary_write_kernel(calls: list[tuple[str | int, ...]]) -> PluginRegistry:
+    """A registry whose CPU backend serves rotary_kv_cache_write (core's reference, recording each call's q shape and
+    format), registered as a third party's would be: the model's decode must take it from the registry."""
+
+    def kernel(*args: Any) -> torch.Tensor:
+        calls.append((*args[0].shape, args[-1]))
+        return rotary_kv_cache_write(*args)
+
+    return registry_with_cpu_backend("cpu-rope-kv-write", {"rotary_kv_cache_write": kernel})
+
+
+def unfused_write_rotary(
+    self: StaticKVCache,
+    layer: int,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """The decode step's RoPE and cache write before they were one op: rotary_embedding, then `write`."""
+    q_rot, k_rot = rotary_embedding(q, k, cos, sin)
+    self.write(layer, k_rot.transpose(1, 2), v.transpose(1, 2), positions)
+    return q_rot
+
+
+@pytest.mark.parametrize("kv_format", ["none", "int8", "int4"])
+def test_decode_rotates_and_writes_in_one_op_per_layer(kv_format: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decode (T = 1, then a T = 2 verification step) runs RoPE and the KV cache write as one rotary_kv_cache_write
+    call per layer, the registry's kernel (prefill keeps rotary_embedding and kv_cache_write); logits and cache bytes
+    are the unfused step's, bit for bit."""
+    calls: list[tuple[str | int, ...]] = []
+    config = small(LlamaConfig, hidden_size=128)  # head_dim 32: one int4 group
+    fused = random_model(
+        config, dtype=torch.bfloat16, kv_format=kv_format, registry=registry_with_rotary_write_kernel(calls)
+    )
+    plain = random_model(config, dtype=torch.bfloat16, kv_format=kv_format)  # the same seed: the same weights
+    assert fused.kernel_meta()["rotary_kv_cache_write"] == "cpu-rope-kv-write"
+    assert plain.kernel_meta()["rotary_kv_cache_write"] == "reference"
+    tokens, lengths = torch.tensor([[3, 1, 4, 1, 5], [2, 7, 1, 8, 0]]), torch.tensor([5, 4])
+
+    def run(model: DecoderModel) -> tuple[list[torch.Tensor], StaticKVCache]:
+        cache = model.new_cache(2, 12)
+        with torch.no_grad():
+            logits = [model.prefill(tokens, lengths, cache, all_logits=True)]
+            logits += [model.decode(step, cache) for step in (torch.tensor([[6], [9]]), torch.tensor([[2, 6], [5, 3]]))]
+        return logits, cache
+
+    got, cache = run(fused)
+    layers = config.num_hidden_layers
+    assert calls == [(2, 1, 4, 32, kv_format)] * layers + [(2, 2, 4, 32, kv_format)] * layers
+    with monkeypatch.context() as patch:
+        patch.setattr(StaticKVCache, "write_rotary", unfused_write_rotary)
+        expected, plain_cache = run(plain)
+    assert all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))
+    for stored, plain_stored in zip(cache.keys + cache.values, plain_cache.keys + plain_cache.values, strict=True):
+        for part, plain_part in zip(stored, plain_stored, strict=True):
+            assert part is None or torch.equal(part.view(torch.uint8), plain_part.view(torch.uint8))
 
 
 # ------------------------------------------------------------------------------ fused activation quantization

@@ -217,8 +217,12 @@ def test_mixed_parts_do_not_stack(kernels) -> None:
 
 @pytest.mark.parametrize(
     ("args", "acts", "act_quant"),
-    [(W8, ActivationQuantArgs(), "int8"), (FP8, ActivationQuantArgs(type="float"), "fp8"), (FP8, STATIC_FP8, None),
-     (W4, None, None)],
+    [
+        (W8, ActivationQuantArgs(), "int8"),
+        (FP8, ActivationQuantArgs(type="float"), "fp8"),
+        (FP8, STATIC_FP8, None),
+        (W4, None, None),
+    ],
     ids=["int8", "fp8", "fp8-static", "w4a16"],
 )
 def test_w8a8_layers_take_activations_a_fused_kernel_quantized(args, acts, act_quant, kernels) -> None:
@@ -329,8 +333,14 @@ def test_load_for_inference_reads_the_bundled_model_and_hf_directories() -> None
     assert bundled_model.tokenizer is not None and directory.kv_format == "fp8"
     assert torch.equal(bundled_model.embed_weight, directory.embed_weight)
     assert bundled_model.kernel_meta() == {
-        "add_rms_norm": "reference", "cached_attention": "reference", "kv_cache_write": "reference", "linear": "torch",
-        "rms_norm": "reference", "rotary_embedding": "reference", "silu_and_mul": "reference",
+        "add_rms_norm": "reference",
+        "cached_attention": "reference",
+        "kv_cache_write": "reference",
+        "linear": "torch",
+        "rms_norm": "reference",
+        "rotary_embedding": "reference",
+        "rotary_kv_cache_write": "reference",
+        "silu_and_mul": "reference",
     }
     with pytest.raises(ValueError, match="kv_format must be one of"):
         load_for_inference(None, kv_format="int16")

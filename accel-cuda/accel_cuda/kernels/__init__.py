@@ -18,6 +18,7 @@ __all__ = [
     "rms_norm",
     "rms_norm_quant",
     "rotary_embedding",
+    "rotary_kv_cache_write",
     "silu_and_mul",
     "silu_and_mul_quant",
     "triton_available",
@@ -187,6 +188,29 @@ def rotary_embedding(
     from accel_cuda.kernels.rope import rotary_embedding as impl
 
     return impl(q, k, cos, sin, **kwargs)
+
+
+def rotary_kv_cache_write(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+    k_codes: torch.Tensor,
+    k_scale: torch.Tensor | None,
+    k_zero: torch.Tensor | None,
+    v_codes: torch.Tensor,
+    v_scale: torch.Tensor | None,
+    v_zero: torch.Tensor | None,
+    fmt: str,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """RoPE on q and k fused with the KV cache write, in one launch (accel_cuda.kernels.rope_kv_write
+    .rotary_kv_cache_write), imported on first call."""
+    from accel_cuda.kernels.rope_kv_write import rotary_kv_cache_write as impl
+
+    return impl(q, k, v, cos, sin, positions, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, fmt, **kwargs)
 
 
 def add_rms_norm(

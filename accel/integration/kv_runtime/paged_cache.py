@@ -1,6 +1,6 @@
 """PagedKVCache: the runtime's KV cache kept in a PagedKVStore, so DecoderModel and Generator decode through it.
 
-It has StaticKVCache's interface (rows, write_prompt, write, attend, seq_lens, reset, nbytes; see
+It has StaticKVCache's interface (rows, write_prompt, write, write_rotary, attend, seq_lens, reset, nbytes; see
 accel.runtime.kv_cache.RuntimeKVCache). Row b of a batch is the store sequence `sequence_ids[b]`, with its own block
 table; the store decides each page's precision (the write precision, or what a migration or the pressure ladder
 made it).
@@ -28,6 +28,7 @@ from accel.integration.kv_runtime.config import KVPoolConfig, KVStoreConfig
 from accel.integration.kv_runtime.store import KVCapacityError, PagedKVStore
 from accel.integration.kv_runtime.types import KVPrecision, KVTier
 from accel.runtime import kv_ops
+from accel.runtime.rope_ops import rotary_embedding
 
 if TYPE_CHECKING:
     from accel.runtime.model import DecoderModel
@@ -171,6 +172,22 @@ class PagedKVCache:
             if layer == 0:
                 self.store.truncate_sequence(self.sequence_ids[row], start)
             self._write_row(row, layer, start, k[row], v[row])
+
+    def write_rotary(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        """RoPE on q [B, T, H, D] and k [B, T, kv_heads, D] (rope_ops.rotary_embedding), then `write` of rotated k and
+        v: returns q rotated. Unfused: this cache goes through the host anyway."""
+        q_rot, k_rot = rotary_embedding(q, k, cos, sin)
+        self.write(layer, k_rot.transpose(1, 2), v.transpose(1, 2), positions)
+        return q_rot
 
     def attend(self, layer: int, q: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float) -> torch.Tensor:
         """Causal attention of q [B, heads, T, head_dim] (the last T tokens of each row) over this layer's K/V of
