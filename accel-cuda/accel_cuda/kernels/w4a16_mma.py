@@ -118,7 +118,7 @@ def _mma_kernel(
     x_desc, w_desc, st_ptr, out_ptr, ws_ptr, cnt_ptr,
     M, N, STEPS, SPLIT,
     BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, NG: gl.constexpr, STAGES: gl.constexpr, GSUM: gl.constexpr,
-    num_warps: gl.constexpr,
+    STREAM: gl.constexpr, num_warps: gl.constexpr,
 ):
     RB: gl.constexpr = BLOCK_N // 16
     ASM: gl.constexpr = _RAW_ASM if GSUM else _WORD_ASM
@@ -145,6 +145,7 @@ def _mma_kernel(
         _issue(w_desc, x_desc, w_smem, x_smem, bars, s, s, g_first, rb0, s < STEPS, NG, NBYTES)
 
     acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, MMA)
+    sink = gl.zeros([RB, 1, 128], gl.int32, W_L)  # STREAM: the words' sum, so their loads stay live
     zc = gl.full([RB, 1, 128], 0x43084308, gl.int32, W_L)  # the bf16 pair (136, 136): magic 128 + 8
     s_next0 = gl.load(st_ptr + g_first * N + rows).to(gl.float32)
     s_next1 = gl.load(st_ptr + (g_first + NG - 1) * N + rows).to(gl.float32)
@@ -161,7 +162,7 @@ def _mma_kernel(
         s_next1 = gl.load(st_ptr + (g_next + NG - 1) * N + rows).to(gl.float32)
         st = i % STAGES
         mbarrier.wait(bars.index(st), (i // STAGES) & 1)
-        for g in gl.static_range(NG):
+        for g in gl.static_range(NG * (1 - STREAM)):
             # inputs 0..63 and 64..127 of group g: words [RB, 128] (lane L's 4 words at 4 L), x^T [64, BLOCK_M];
             # two independent accumulations (shorter MMA dependency chains), summed before the group scale
             ws_ = w_smem.index(st)
@@ -183,8 +184,14 @@ def _mma_kernel(
             else:
                 acc += part * sc1[:, None]
 
+        if STREAM:  # the streaming twin: the same loads and pipeline, one integer add a word, no dequantization
+            for c in gl.static_range(2 * NG):
+                sink += w_smem.index(st).slice(c, 1, dim=1).load(W_L)
+
     for s in gl.static_range(STAGES):
         mbarrier.invalidate(bars.index(s))
+    if STREAM:
+        acc += gl.sum(gl.sum(gl.sum(sink, axis=2), axis=1), axis=0).to(gl.float32)
     cols = gl.arange(0, BLOCK_M, layout=COLS)
     offs = cols[None, :] * N + rows[:, None]
     mask = (cols < M)[None, :] & (rows < N)[:, None]
@@ -215,10 +222,12 @@ def w4a16_mma(
     stages: int = 4,
     num_warps: int = 4,
     gsum: int = 0,
+    stream: bool = False,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """y = x @ ((u - 8) * s)^T for x [M <= 16, K] bf16, mma_pack's words [N/16, K/64, 128], scales transposed to
-    [K/128, N] (symmetric int4, group 128)."""
+    [K/128, N] (symmetric int4, group 128). stream=True runs the streaming twin (same loads, no arithmetic; a timing
+    probe whose output is meaningless)."""
     k = x.shape[-1]
     n = words.shape[0] * 16
     x2 = x.reshape(-1, k).contiguous()
@@ -236,5 +245,6 @@ def w4a16_mma(
     cnt = _counters(x.device, n // block_n)
     grid = (n // block_n, split)
     _mma_kernel[grid](x_desc, w_desc, scales_t, result, ws, cnt, m, n, steps, split,
-                      BLOCK_N=block_n, BLOCK_M=block_m, NG=ng, STAGES=stages, GSUM=gsum, num_warps=num_warps)
+                      BLOCK_N=block_n, BLOCK_M=block_m, NG=ng, STAGES=stages, GSUM=gsum, STREAM=stream,
+                      num_warps=num_warps)
     return result
