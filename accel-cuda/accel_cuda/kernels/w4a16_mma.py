@@ -25,7 +25,7 @@ import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from accel_cuda.kernels.w4a16_gemv import _counters
@@ -192,7 +192,15 @@ def _mma_kernel(
         mbarrier.invalidate(bars.index(s))
     if STREAM:
         acc += gl.sum(gl.sum(gl.sum(sink, axis=2), axis=1), axis=0).to(gl.float32)
-    cols = gl.arange(0, BLOCK_M, layout=COLS)
+    _store_tile(acc, out_ptr, ws_ptr, cnt_ptr, rows, gl.arange(0, BLOCK_M, layout=COLS), pid_n, pid_s, M, N, SPLIT,
+                BLOCK_N, BLOCK_M, MMA)
+
+
+@gluon.jit
+def _store_tile(acc, out_ptr, ws_ptr, cnt_ptr, rows, cols, pid_n, pid_s, M, N, SPLIT, BLOCK_N: gl.constexpr,
+                BLOCK_M: gl.constexpr, MMA: gl.constexpr):
+    """acc [BLOCK_N weight rows, BLOCK_M activation rows] to out [M, N]; with split-K through the fp32 workspace,
+    summed by the tile's last program (a counter it resets, so graph replays reuse it)."""
     offs = cols[None, :] * N + rows[:, None]
     mask = (cols < M)[None, :] & (rows < N)[:, None]
     if SPLIT == 1:
@@ -210,6 +218,80 @@ def _mma_kernel(
             gl.atomic_xchg(cnt, 0)
 
 
+@gluon.jit
+def _ws_producer(w_desc, x_desc, w_smem, x_smem, ready, empty, g_first, rb0, STEPS, STAGES: gl.constexpr,
+                 NBYTES: gl.constexpr):
+    """Warp-specialized loads (one warp): each K step's words and x into the next free buffer, STAGES ahead."""
+    for i in range(STEPS):
+        st = i % STAGES
+        mbarrier.wait(empty.index(st), ((i // STAGES) & 1) ^ 1)  # barriers start with phase 1 complete
+        _issue(w_desc, x_desc, w_smem, x_smem, ready, st, i, g_first, rb0, True, 1, NBYTES)
+
+
+@gluon.jit
+def _ws_consumer(w_smem, x_smem, ready, empty, st_ptr, N, rows, g_first, STEPS,
+                 BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr, MMA: gl.constexpr,
+                 A_L: gl.constexpr, B_L: gl.constexpr, W_L: gl.constexpr):
+    """Warp-specialized compute: take a step's words and x into registers, free the buffer at once, then dequantize
+    and multiply while the producer refills it."""
+    RB: gl.constexpr = BLOCK_N // 16
+    acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, MMA)
+    zc = gl.full([RB, 1, 128], 0x43084308, gl.int32, W_L)  # the bf16 pair (136, 136): magic 128 + 8
+    s_next = gl.load(st_ptr + g_first * N + rows).to(gl.float32)
+    for i in range(STEPS):
+        sc = s_next
+        s_next = gl.load(st_ptr + (g_first + gl.minimum(i + 1, STEPS - 1)) * N + rows).to(gl.float32)
+        st = i % STAGES
+        mbarrier.wait(ready.index(st), (i // STAGES) & 1)
+        w0 = w_smem.index(st).slice(0, 1, dim=1).load(W_L)
+        w1 = w_smem.index(st).slice(1, 1, dim=1).load(W_L)
+        xb0 = x_smem.index(2 * st).permute((1, 0)).load(B_L)
+        xb1 = x_smem.index(2 * st + 1).permute((1, 0)).load(B_L)
+        fence_async_shared()
+        mbarrier.arrive(empty.index(st), count=1)
+        p0 = mma_v2(_dequant_a(w0, zc, RB, A_L, _WORD_ASM), xb0, gl.zeros([BLOCK_N, BLOCK_M], gl.float32, MMA))
+        p1 = mma_v2(_dequant_a(w1, zc, RB, A_L, _WORD_ASM), xb1, gl.zeros([BLOCK_N, BLOCK_M], gl.float32, MMA))
+        acc += (p0 + p1) * sc[:, None]
+    return (acc,)
+
+
+@gluon.jit
+def _mma_ws_kernel(
+    x_desc, w_desc, st_ptr, out_ptr, ws_ptr, cnt_ptr,
+    M, N, STEPS, SPLIT,
+    BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr,
+):
+    """_mma_kernel (one group a step) with a producer warp issuing the TMA copies: the compute warps never wait for
+    each other, and a buffer is refilled as soon as its data is in registers."""
+    RB: gl.constexpr = BLOCK_N // 16
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, 8])
+    A_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
+    B_L: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
+    W_L: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 1, 32], [num_warps, 1, 1], [2, 1, 0])
+    ROWS: gl.constexpr = gl.SliceLayout(1, MMA)
+    COLS: gl.constexpr = gl.SliceLayout(0, MMA)
+    NBYTES: gl.constexpr = 2 * RB * 128 * 4 + 2 * BLOCK_M * 64 * 2
+    pid_n = gl.program_id(0)
+    pid_s = gl.program_id(1)
+    rb0 = pid_n * RB
+    g_first = pid_s * STEPS
+    rows = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=ROWS)
+    w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, RB, 2, 128], w_desc.layout)
+    x_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES * 2, BLOCK_M, 64], x_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for s in gl.static_range(STAGES):
+        mbarrier.init(ready.index(s), count=1)
+        mbarrier.init(empty.index(s), count=1)
+    acc = gl.warp_specialize(
+        [(_ws_consumer, (w_smem, x_smem, ready, empty, st_ptr, N, rows, g_first, STEPS, BLOCK_N, BLOCK_M, STAGES,
+                         MMA, A_L, B_L, W_L)),
+         (_ws_producer, (w_desc, x_desc, w_smem, x_smem, ready, empty, g_first, rb0, STEPS, STAGES, NBYTES))],
+        [1], [24])[0]
+    _store_tile(acc, out_ptr, ws_ptr, cnt_ptr, rows, gl.arange(0, BLOCK_M, layout=COLS), pid_n, pid_s, M, N, SPLIT,
+                BLOCK_N, BLOCK_M, MMA)
+
+
 def w4a16_mma(
     x: torch.Tensor,
     words: torch.Tensor,
@@ -223,6 +305,8 @@ def w4a16_mma(
     num_warps: int = 4,
     gsum: int = 0,
     stream: bool = False,
+    warp_specialize: bool = False,
+    maxnreg: int = 80,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """y = x @ ((u - 8) * s)^T for x [M <= 16, K] bf16, mma_pack's words [N/16, K/64, 128], scales transposed to
@@ -244,6 +328,12 @@ def w4a16_mma(
     ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else result
     cnt = _counters(x.device, n // block_n)
     grid = (n // block_n, split)
+    if warp_specialize:
+        if ng != 1 or gsum or stream:
+            raise ValueError("w4a16_mma: warp_specialize takes one group a step (ng=1), no gsum / stream")
+        _mma_ws_kernel[grid](x_desc, w_desc, scales_t, result, ws, cnt, m, n, steps, split,
+                             BLOCK_N=block_n, BLOCK_M=block_m, STAGES=stages, num_warps=num_warps, maxnreg=maxnreg)
+        return result
     _mma_kernel[grid](x_desc, w_desc, scales_t, result, ws, cnt, m, n, steps, split,
                       BLOCK_N=block_n, BLOCK_M=block_m, NG=ng, STAGES=stages, GSUM=gsum, STREAM=stream,
                       num_warps=num_warps)
