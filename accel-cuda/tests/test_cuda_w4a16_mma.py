@@ -68,7 +68,8 @@ def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.mark.parametrize("n,k", [(1024, 1024), (4096, 14336), (6144, 4096)])
 @pytest.mark.parametrize("cfg", [dict(block_n=64, split=1, stages=4, ng=1, gsum=0),
                                  dict(block_n=128, split=2, stages=3, ng=2, gsum=2),
-                                 dict(block_n=256, num_warps=8, split=4, stages=3, ng=1, gsum=1)])
+                                 dict(block_n=256, num_warps=8, split=4, stages=3, ng=1, gsum=1),
+                                 dict(block_n=128, num_warps=4, split=2, stages=3, ng=1, warp_specialize=True)])
 def test_w4a16_mma_matches_float64(m, n, k, cfg):
     from accel_cuda.kernels.w4a16_mma import w4a16_mma
 
