@@ -380,6 +380,15 @@ ROPE_SCRIPT = textwrap.dedent(
                     assert bool(((g.float() - w.float()).abs() <= slack).all()), where
                     differing_bf16, total_bf16 = differing_bf16 + int((g != w).sum()), total_bf16 + g.numel()
                 cases += 1
+    # Zeros keep torch's signs (torch.equal calls -0.0 and +0.0 equal; the bits do not): halves of +0.0 and -0.0
+    # against tables of both signs, so each output is a sum of two signed zeros.
+    zero = torch.tensor([0.0, -0.0]).repeat(8)
+    q0 = torch.stack([zero, zero.roll(1)], dim=-1).reshape(1, 1, 4, 8)  # [B, T, H, D], halves of every sign pair
+    cos0 = torch.tensor([1.0, -1.0, 2.0, -0.5] * 2).reshape(1, 1, 8)
+    sin0 = torch.tensor([-1.0, 1.0, 0.5, -2.0] * 2).reshape(1, 1, 8)
+    k0 = q0[:, :, :2]
+    for g, w in zip(kernel.rotary_embedding(q0, k0, cos0, sin0), rotary_embedding(q0, k0, cos0, sin0)):
+        assert torch.equal(g.view(torch.int32), w.view(torch.int32)), (g, w)
     # Layouts it does not take run the reference, exactly: a strided last dimension, float64, head_dim past the maximum.
     kernel.reference = rotary_embedding
     q, k = fused_qkv(2, 3, 4, 2, 16, torch.float32, False)

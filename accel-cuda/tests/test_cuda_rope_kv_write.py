@@ -50,9 +50,8 @@ INTERPRETER_SCRIPT = textwrap.dedent(
 
     def inputs(b, t, h, hkv, d, dtype, transposed, table_batch):
         # q / k / v as the model makes them (views of one qkv output; or [B, H, T, D] memory viewed [B, T, H, D]), the
-        # first token's k and v all zeros (kv_quantize's floor scale); random tables of batch table_batch. k's zeros are
-        # -0.0: Triton negates as 0 - x (rope.py's -x2), so a +0.0 half would rotate to +0.0 where torch makes -0.0 (the
-        # same value; other bytes in a "none" or fp8 store).
+        # first token's k and v all zeros (kv_quantize's floor scale; k's -0.0, whose rotation keeps torch's signs of
+        # zero); random tables of batch table_batch.
         if transposed:
             q, k, v = (torch.randn(b, n, t, d, generator=gen).mul(3).to(dtype).transpose(1, 2) for n in (h, hkv, hkv))
         else:

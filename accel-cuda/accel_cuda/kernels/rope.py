@@ -78,7 +78,9 @@ def _rotate_heads(
     sin2 = tl.load(sin_row + HALF + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     dtype = dst.dtype.element_ty
     # As torch: x * cos and rotate_half(x) * sin each rounded to x's dtype (exact products in float32), then the sum.
-    out1 = (x1 * cos1).to(dtype).to(tl.float32) + (-x2 * sin1).to(dtype).to(tl.float32)
+    # The first half subtracts x2 * sin rather than adding (-x2) * sin: rounding is symmetric and a + (-b) is a - b in
+    # IEEE arithmetic, zeros' signs included, where Triton's -x2 (0 - x2) would turn +0.0 into +0.0, not torch's -0.0.
+    out1 = (x1 * cos1).to(dtype).to(tl.float32) - (x2 * sin1).to(dtype).to(tl.float32)
     out2 = (x2 * cos2).to(dtype).to(tl.float32) + (x1 * sin2).to(dtype).to(tl.float32)
     out_ptr = dst + h[:, None] * (2 * HALF) + cols[None, :]
     pdl_release(PDL)

@@ -18,11 +18,9 @@ here the rows are the block's heads of one token, stored at head pos[i] = h of t
 so the same code serves. A position outside [0, S) is skipped, as kv_write.py skips it.
 
 Bit-exact where the unfused kernels are (rope.py's and kv_write.py's docstrings): q's and k's products and sums rounded
-as torch rounds them (fp fusion off), codes / scales / zero points as kv_quantize makes them on the same device. One
-exception, rope.py's too: Triton negates as 0 - x, so an output of the first half whose two products are both zero (a
-k of +0.0, say) may come out +0.0 where torch's neg makes -0.0: the same value, other bytes in a "none" or fp8 store.
-Under the interpreter fp32 and fp16 are exact; bf16's rotation is truncated (rope.py), and the cache then holds
-exactly the quantization of that rotated k.
+as torch rounds them (fp fusion off; zeros' signs as torch makes them), codes / scales / zero points as kv_quantize
+makes them on the same device. Under the interpreter fp32 and fp16 are exact; bf16's rotation is truncated (rope.py),
+and the cache then holds exactly the quantization of that rotated k.
 
 Layouts the kernel does not take run the reference: those rope.py or kv_write.py leave to theirs (a strided last
 dimension, dtypes other than fp16 / bf16 / fp32, D > rope.MAX_HEAD_DIM, empty tensors, "none" with a dtype cast, int4
