@@ -49,6 +49,19 @@ def test_plan_by_card_and_m(monkeypatch):
     assert w8 is not None and w8.block_m == 16 and td.supports_tma_dot(2048, 4096, 1, w8, 8)
 
 
+def test_the_racy_launch_is_never_planned(monkeypatch):
+    """Triton 3.6's racy build (RACY) is refused by supports_tma_dot and skipped when an older table holds it: the
+    plan falls to the next tuned M or the heuristic."""
+    from accel_cuda.kernels import wxa16_tma_dot as td
+
+    racy = dict(block_n=64, block_m=128, ng=1, split=1, stages=3, num_warps=4)
+    assert not td.supports_tma_dot(14336, 4096, 32, td.TmaDotConfig(**racy), 4)
+    assert td.supports_tma_dot(14336, 4096, 32, td.TmaDotConfig(**{**racy, "stages": 4}), 4)
+    monkeypatch.setattr(td, "_tuned", lambda: {"Card": {"w4:14336x4096": {"128": racy}}})
+    plan = td.tma_dot_plan(128, 14336, 4096, 4, "Card", HOPPER, 132)
+    assert plan is not None and (plan.block_n, plan.block_m, plan.stages, plan.num_warps) == (128, 128, 4, 8)
+
+
 def test_heuristic_split_divides_the_k_steps():
     from accel_cuda.kernels import wxa16_tma_dot as td
 

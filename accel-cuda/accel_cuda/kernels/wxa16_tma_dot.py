@@ -200,8 +200,21 @@ _tuned = functools.partial(tuned_table, TUNED_CONFIGS)
 MIN_M, MAX_M = 3, 128
 
 
+# (block_n, block_m, ng, stages, num_warps) that Triton 3.6 compiles into a racy kernel on the H200: the same call
+# gives the right product in one run and NaN or a wrong one in the next (any split-K; session 12, KERNEL_NOTES.md).
+# It is also the fastest launch at M = 128, so a sweep that checks once can pick it: it is never launched.
+RACY = {(64, 128, 1, 3, 4)}
+
+
+def _racy(config: TmaDotConfig) -> bool:
+    return (config.block_n, config.block_m, config.ng, config.stages, config.num_warps) in RACY
+
+
 def supports_tma_dot(n: int, k: int, groups: int, config: TmaDotConfig, bits: int, has_zp: bool = False) -> bool:
-    """Full tiles only (no masks on weights), group size 128 (or per channel at 8 bits), TMA's 16-byte strides."""
+    """Full tiles only (no masks on weights), group size 128 (or per channel at 8 bits), TMA's 16-byte strides; not
+    a RACY launch."""
+    if _racy(config):
+        return False
     steps = k // (config.ng * GROUP)
     if k % (config.ng * GROUP) or n % config.block_n or steps % max(1, config.split):
         return False
@@ -225,11 +238,13 @@ def tma_dot_plan(m: int, n: int, k: int, bits: int, device_name: str, capability
     if capability[0] != 9 or m > MAX_M:
         return None
     table = _tuned().get(device_name, {}).get(f"w{bits}:{n}x{k}", {})
+    tuned = {int(key): TmaDotConfig(**entry) for key, entry in table.items()}  # type: ignore[arg-type]
+    tuned = {key: cfg for key, cfg in tuned.items() if not _racy(cfg)}  # tables written before RACY was known
     if bits == 4 and m < MIN_M:
-        return TmaDotConfig(**table[str(m)]) if str(m) in table else None  # type: ignore[arg-type]
-    fits = sorted(int(key) for key in table if int(key) >= m)
+        return tuned.get(m)
+    fits = sorted(key for key in tuned if key >= m)
     if fits:
-        return TmaDotConfig(**table[str(fits[0])])  # type: ignore[arg-type]
+        return tuned[fits[0]]
     bm = min(max(16, _pow2_at_least(m)), 128)
     bn = 128 if bm >= 64 else 64
     tiles = -(-n // bn) * -(-m // bm)
