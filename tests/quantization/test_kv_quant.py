@@ -294,14 +294,23 @@ def test_bundled_generate_with_quantized_cache(bundled: tuple[PreTrainedModel, P
     reference = model.generate(prompt, **kwargs, output_scores=True, return_dict_in_generate=True)
     expected = reference.sequences[0, prompt.shape[1] :]  # [20]
 
-    # int8: the same greedy tokens until the first step where fp32's top two logits nearly tie, and int8's noise
-    # may flip them (here: 17 identical tokens, then a tie within 0.004)
+    # int8: the same greedy tokens until a step where fp32's top two logits are closer than int8's own logit error
+    # at that step (same history, so the error is the cache's alone) can move them apart; int8 logits stay within
+    # 1.0 of fp32's before that (measured 0.15-0.47). Which near-tie flips first depends on the library's kernels:
+    # transformers 5.2x kept 17 tokens (then a tie within 0.004), 5.24 keeps 16 (then a gap of 0.087 under an
+    # error of 0.29).
     int8 = QuantizedKVCache(model.config, kv_args(8))
-    tokens = model.generate(prompt, **kwargs, **{cache_kwarg(model): int8})[0, prompt.shape[1] :]
+    run = model.generate(prompt, **kwargs, **{cache_kwarg(model): int8}, output_scores=True,
+                         return_dict_in_generate=True)
+    tokens = run.sequences[0, prompt.shape[1] :]
     differ = (tokens != expected).nonzero().flatten().tolist()
+    agree = differ[0] if differ else tokens.numel()
+    errors = [(a[0] - b[0]).abs().max().item() for a, b in zip(run.scores[: agree + 1], reference.scores, strict=False)]
+    assert max(errors[:agree]) < 1.0, f"int8 logits moved by {max(errors[:agree]):.3f} on the shared history"
     if differ:
-        top2 = reference.scores[differ[0]][0].topk(2).values
-        assert differ[0] >= 15 and top2[0] - top2[1] < 0.02, f"int8 left fp32 at step {differ[0]}"
+        top2 = reference.scores[agree][0].topk(2).values
+        gap = (top2[0] - top2[1]).item()
+        assert agree >= 15 and gap < 2 * errors[agree], f"int8 left fp32 at step {agree} (gap {gap:.4f})"
 
     # int4 KIVI with a residual of 8, so decode keys are flushed into channel chunks on the way: greedy
     # continuations flip at near-ties and then drift, so agreement is read with the same history (teacher forcing)
