@@ -296,9 +296,9 @@ def test_bundled_generate_with_quantized_cache(bundled: tuple[PreTrainedModel, P
 
     # int8: the same greedy tokens until a step where fp32's top two logits are closer than int8's own logit error
     # at that step (same history, so the error is the cache's alone) can move them apart; int8 logits stay within
-    # 1.0 of fp32's before that (measured 0.15-0.47). Which near-tie flips first depends on the library's kernels:
-    # transformers 5.2x kept 17 tokens (then a tie within 0.004), 5.24 keeps 16 (then a gap of 0.087 under an
-    # error of 0.29).
+    # 1.0 of fp32's before that (measured 0.15-0.47). Which near-tie flips first depends on the CPU's float kernels:
+    # an AMD EPYC kept 17 tokens (then a tie within 0.004), an Intel Xeon (AVX-512) keeps 16 (then a gap of 0.087
+    # under an error of 0.29).
     int8 = QuantizedKVCache(model.config, kv_args(8))
     run = model.generate(prompt, **kwargs, **{cache_kwarg(model): int8}, output_scores=True,
                          return_dict_in_generate=True)
