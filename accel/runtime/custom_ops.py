@@ -40,6 +40,8 @@ __all__ = [
     "silu_and_mul",
     "silu_and_mul_quant",
     "w4a16_linear",
+    "w4a16_linear_residual",
+    "w4a16_linear_rms",
     "w4a16_sparse24_linear",
     "w8a8_int8_linear",
     "w8a8_scaled_mm",
@@ -99,6 +101,47 @@ def w4a16_linear(
 
 @w4a16_linear.register_fake
 def _(x, weight_packed, weight_scale, weight_zero_point, group_size):  # type: ignore[no-untyped-def]
+    return _linear_shape(x, weight_packed)
+
+
+@torch.library.custom_op("accel::w4a16_linear_residual", mutates_args=())
+def w4a16_linear_residual(
+    x: torch.Tensor,
+    weight_packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor | None,
+    group_size: int,
+    residual: torch.Tensor,
+    norm_weight: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """accel.runtime.norm_fold_ops.w4a16_linear_residual ((h, h * norm_weight), new tensors), on the selected
+    kernel."""
+    impl = kernel_choice("w4a16_linear_residual", x.device.type).impl
+    return impl(x, weight_packed, weight_scale, weight_zero_point, group_size, residual, norm_weight)
+
+
+@w4a16_linear_residual.register_fake
+def _(x, weight_packed, weight_scale, weight_zero_point, group_size, residual, norm_weight):  # type: ignore[no-untyped-def]
+    return _linear_shape(x, weight_packed), _linear_shape(x, weight_packed)
+
+
+@torch.library.custom_op("accel::w4a16_linear_rms", mutates_args=())
+def w4a16_linear_rms(
+    x: torch.Tensor,
+    weight_packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor | None,
+    group_size: int,
+    h: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
+    """accel.runtime.norm_fold_ops.w4a16_linear_rms, on the selected kernel."""
+    impl = kernel_choice("w4a16_linear_rms", x.device.type).impl
+    return impl(x, weight_packed, weight_scale, weight_zero_point, group_size, h, eps)
+
+
+@w4a16_linear_rms.register_fake
+def _(x, weight_packed, weight_scale, weight_zero_point, group_size, h, eps):  # type: ignore[no-untyped-def]
     return _linear_shape(x, weight_packed)
 
 

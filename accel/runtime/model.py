@@ -51,11 +51,15 @@ from accel.runtime.artifact import load_artifact
 from accel.runtime.kv_cache import ATTENTION_OP, ROTARY_WRITE_OP, WRITE_OP, StaticKVCache, check_kv_format
 from accel.runtime.ops import OPS
 from accel.runtime.quant_backend import (
+    RESIDUAL_OP,
+    RMS_OP,
     SCALED_MM_OP,
     DenseLinear,
     KernelSelector,
+    NormedActivation,
     QuantizedActivation,
     RuntimeLinear,
+    W4A16Linear,
     fuse_linears,
     runtime_linear,
 )
@@ -205,7 +209,15 @@ class FusedOp:
         return self.impl(*args)
 
 
-Activation = torch.Tensor | QuantizedActivation  # a linear's input: 16-bit, or quantized by the kernel before it
+# A linear's input: 16-bit, quantized by the kernel before it, or a norm left for the W4A16 linear to finish.
+Activation = torch.Tensor | QuantizedActivation | NormedActivation
+
+
+def _rows_of(x: Activation) -> torch.Tensor:
+    """The tensor of an activation that carries its [B, T, ...] shape."""
+    if isinstance(x, QuantizedActivation):
+        return x.codes
+    return x.x if isinstance(x, NormedActivation) else x
 
 
 class RMSNorm(nn.Module):
@@ -327,7 +339,19 @@ class Attention(nn.Module):
         """x [B, T, hidden] (or quantized: QuantizedActivation); cos/sin [B or 1, T, head_dim]. positions None: a
         prompt at 0 .. T - 1 (prefill); else positions [B, T] of the new tokens and seq_lens [B] the row lengths
         with them (decode)."""
-        b, t = (x.codes if isinstance(x, QuantizedActivation) else x).shape[:2]
+        return self.o_proj(self.attend(x, cos, sin, cache, positions, seq_lens))
+
+    def attend(
+        self,
+        x: Activation,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: StaticKVCache,
+        positions: torch.Tensor | None,
+        seq_lens: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """`forward` up to o_proj's input: the heads' outputs [B, T, heads * head_dim]."""
+        b, t = _rows_of(x).shape[:2]
         q, k, v = self.qkv_proj(x).split(self.sizes, dim=-1)
         q = q.view(b, t, self.num_heads, self.head_dim)  # [B, T, H, D]
         k = k.view(b, t, self.num_kv_heads, self.head_dim)  # [B, T, Hkv, D]
@@ -346,7 +370,7 @@ class Attention(nn.Module):
             # The same RoPE, then k and v stored at their positions: one op (rotary_kv_cache_write), one launch.
             q = cache.write_rotary(self.index, q, k, v, cos, sin, positions).transpose(1, 2)  # [B, H, T, D]
             out = cache.attend(self.index, q, seq_lens, self.sm_scale)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+        return out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
 
 
 class MLP(nn.Module):
@@ -366,7 +390,11 @@ class MLP(nn.Module):
         self.act = FusedOp(ACT_OP, act_kernel)
 
     def forward(self, x: Activation) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_up_proj(x)))  # silu(gate) * up of [gate | up]
+        return self.down_proj(self.activation(x))
+
+    def activation(self, x: Activation) -> torch.Tensor:
+        """down_proj's input: silu(gate) * up of [gate | up] = gate_up_proj(x)."""
+        return self.act(self.gate_up_proj(x))
 
 
 class DecoderLayer(nn.Module):
@@ -392,16 +420,54 @@ class DecoderLayer(nn.Module):
         positions: torch.Tensor | None,
         seq_lens: torch.Tensor | None,
         residual: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        fold: bool = False,
+        next_norm: RMSNorm | None = None,
+    ) -> tuple[Activation, torch.Tensor]:
         """(mlp out, h) with h = stream + attention(norm(stream)) and the stream x (residual None, the first layer)
-        or x + residual; the layer's output is mlp out + h."""
-        if residual is None:
+        or x + residual; the layer's output is mlp out + h.
+
+        `fold` (the model checked can_fold): the norms run inside the W4A16 linears around them (norm_fold_ops).
+        o_proj adds the residual and applies the post-attention norm's weight, gate/up applies its scale; with
+        `next_norm`, down_proj adds h and applies that norm's weight too, and the layer returns (the NormedActivation
+        for the next layer or lm_head, its stream). x may be such a NormedActivation, from the layer before."""
+        if isinstance(x, NormedActivation):
+            normed: Activation = x
+            assert residual is not None
+        elif residual is None:
             normed, residual = self.input_layernorm(x), x
         else:
+            assert isinstance(x, torch.Tensor)
             normed, residual = self.input_layernorm.add(x, residual)
-        attn = self.self_attn(normed, cos, sin, cache, positions, seq_lens)
-        normed, residual = self.post_attention_layernorm.add(attn, residual)
-        return self.mlp(normed), residual
+        if not fold:
+            attn = self.self_attn(normed, cos, sin, cache, positions, seq_lens)
+            normed, residual = self.post_attention_layernorm.add(attn, residual)
+            return self.mlp(normed), residual
+        attn = self.self_attn.attend(normed, cos, sin, cache, positions, seq_lens)
+        post = self.post_attention_layernorm
+        normed, residual = _fold(self.self_attn.o_proj).forward_residual(attn, residual, post.weight, post.eps)
+        act = self.mlp.activation(normed)
+        if next_norm is None:
+            return self.mlp.down_proj(act), residual
+        return _fold(self.mlp.down_proj).forward_residual(act, residual, next_norm.weight, next_norm.eps)
+
+    def can_fold(self) -> bool:
+        """Whether its norms can run inside its W4A16 linears (forward's `next_norm`): o_proj and down_proj finish a
+        residual add, q/k/v and gate/up take the NormedActivation (their backends run norm_fold_ops' ops), and no
+        norm quantizes its output."""
+        attn, mlp = self.self_attn, self.mlp
+        producers = (attn.o_proj, mlp.down_proj)
+        consumers = (attn.qkv_proj, mlp.gate_up_proj)
+        norms = (self.input_layernorm, self.post_attention_layernorm)
+        return (
+            all(isinstance(p, W4A16Linear) and p.can_fold("residual") for p in producers)
+            and all(isinstance(c, W4A16Linear) and c.can_fold("rms") for c in consumers)
+            and all(norm.quant is None for norm in norms)
+        )
+
+
+def _fold(linear: nn.Module) -> W4A16Linear:
+    assert isinstance(linear, W4A16Linear)
+    return linear
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -431,6 +497,20 @@ class DecoderModel(nn.Module):
         self.kv_format = kv_format
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self._rope: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Decode at batch 1 with the norms folded into the W4A16 linears (norm_fold_ops): None decides by
+        # `folds_norms` (where a backend kernel runs the folding ops, unless ACCEL_FOLD_NORMS=0); True / False force.
+        self.fold_norms: bool | None = None
+
+    def folds_norms(self) -> bool:
+        """Whether a single-token decode step runs its norms inside the W4A16 linears: every layer can_fold, and
+        (unless fold_norms forces it) a backend kernel, not the reference, runs the folding ops."""
+        if self.fold_norms is False or not all(layer.can_fold() for layer in self.layers):
+            return False
+        if self.fold_norms or not self.layers:
+            return bool(self.layers)
+        linear = self.layers[0].self_attn.o_proj
+        assert isinstance(linear, W4A16Linear)
+        return os.environ.get("ACCEL_FOLD_NORMS", "1") != "0" and linear.backend != "reference"
 
     @property
     def dtype(self) -> torch.dtype:
@@ -513,10 +593,19 @@ class DecoderModel(nn.Module):
         """Run tokens [B, T] that follow what rows 0 .. B - 1 of `cache` hold (T = 1: decode; T > 1: speculative
         verification or a chunk after context), store their K/V and advance the rows. Returns logits
         [B, T, vocab]. The caller keeps every row's length + T <= max_seq (a device-side check would sync)."""
-        return self.decode_hidden(tokens, cache)[0]
+        return self._decode(tokens, cache, want_hidden=False)[0]
 
     def decode_hidden(self, tokens: torch.Tensor, cache: StaticKVCache) -> tuple[torch.Tensor, torch.Tensor]:
         """`decode`, plus the final-normed hidden states [B, T, hidden] the logits come from."""
+        logits, hidden = self._decode(tokens, cache, want_hidden=True)
+        assert hidden is not None
+        return logits, hidden
+
+    def _decode(
+        self, tokens: torch.Tensor, cache: StaticKVCache, want_hidden: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """decode's step; the final-normed hidden states too when `want_hidden` (else None where the final norm was
+        folded into lm_head). One token (B = T = 1) folds the norms into the W4A16 linears where folds_norms."""
         b, t = tokens.shape
         rows = cache.rows(b)
         cos, sin = self._rope_tables(cache.max_seq)
@@ -524,11 +613,18 @@ class DecoderModel(nn.Module):
         positions = start[:, None] + torch.arange(t, device=tokens.device)  # [B, T]
         seq_lens = start + t
         cos, sin = cos[positions], sin[positions]  # [B, T, D]
-        x = nn.functional.embedding(tokens, self.embed_weight)
+        x: Activation = nn.functional.embedding(tokens, self.embed_weight)
         residual = None
-        for layer in self.layers:
-            x, residual = layer(x, cos, sin, rows, positions, seq_lens, residual)
+        fold = b * t == 1 and not torch.compiler.is_compiling() and self.folds_norms()
+        head_folds = fold and not want_hidden and isinstance(self.lm_head, W4A16Linear) and self.lm_head.can_fold("rms")
+        for i, layer in enumerate(self.layers):
+            last = i == len(self.layers) - 1
+            next_norm = (self.norm if head_folds else None) if last else self.layers[i + 1].input_layernorm
+            x, residual = layer(x, cos, sin, rows, positions, seq_lens, residual, fold, next_norm if fold else None)
         rows.seq_lens.copy_(seq_lens)
+        if isinstance(x, NormedActivation):  # the final norm folded: lm_head applies it
+            return self.lm_head(x), None
+        assert isinstance(x, torch.Tensor)
         hidden = self._final_norm(x, residual)
         return self.lm_head(hidden), hidden
 
@@ -559,6 +655,9 @@ class DecoderModel(nn.Module):
         for op in (ATTENTION_OP, WRITE_OP, ROTARY_WRITE_OP):
             choice = self.kernels.choose(op)
             seen[op] = {"reference" if choice is None else choice.backend}
+        if self.folds_norms():  # batch-1 decode steps run the norms inside the W4A16 linears
+            for op, choice in zip((RESIDUAL_OP, RMS_OP), _fold(self.layers[0].self_attn.o_proj).folds, strict=True):
+                seen[op] = {"reference" if choice is None else choice.backend}
         return {op: ",".join(sorted(backends)) for op, backends in sorted(seen.items())}
 
 

@@ -20,6 +20,7 @@ from accel.quantization.weight_quant import WeightQuantArgs, quantize
 from accel.runtime.act_ops import silu_and_mul
 from accel.runtime.fused_quant_ops import add_rms_norm_quant, quant_args, rms_norm_quant, silu_and_mul_quant
 from accel.runtime.kv_ops import KV_FORMATS, KVTensors, cached_attention, kv_cache_write, kv_dequantize, kv_quantize
+from accel.runtime.norm_fold_ops import w4a16_linear_residual, w4a16_linear_rms
 from accel.runtime.norm_ops import add_rms_norm, rms_norm
 from accel.runtime.packing import pack_int32, packed_columns, unpack_int32
 from accel.runtime.rope_kv_ops import rotary_kv_cache_write
@@ -85,6 +86,30 @@ def _dequant_linear_inputs(gen: torch.Generator, device: str, dtype: torch.dtype
     return (x, qw.q.to(device), qw.scale.to(device), qw.zero_point.to(device), group)  # type: ignore[union-attr]
 
 
+def w4a16_weight(
+    k: int,
+    weight_packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor | None,
+    group_size: int,
+) -> torch.Tensor:
+    """W = (q - zp) * s in float32 [N, K] from w4a16_linear's weight arguments (its docstring), for in_features K."""
+    n = weight_packed.shape[0]
+    groups = weight_scale.shape[1]
+    g = group_size if group_size > 0 else k
+    if weight_packed.shape[1] != packed_columns(k, 4) or weight_scale.shape[0] != n or groups != -(-k // g):
+        raise ValueError(
+            f"w4a16_linear: packed {tuple(weight_packed.shape)}, scale {tuple(weight_scale.shape)} do not fit "
+            f"in_features {k} with group_size {group_size}"
+        )
+    q = unpack_int32(weight_packed, 4, (n, k))
+    cols = torch.arange(k, device=q.device) // g
+    weight = q.to(torch.float32)
+    if weight_zero_point is not None:
+        weight = weight - weight_zero_point.to(torch.float32)[:, cols]
+    return weight * weight_scale.to(torch.float32)[:, cols]
+
+
 def w4a16_linear(
     x: torch.Tensor,
     weight_packed: torch.Tensor,
@@ -99,20 +124,7 @@ def w4a16_linear(
     (signed, unpacked) or None for symmetric; group_size g (<= 0: one group per row). W is dequantized in
     float32, the product taken in float32 and cast to x's dtype.
     """
-    n, k = weight_packed.shape[0], x.shape[-1]
-    groups = weight_scale.shape[1]
-    g = group_size if group_size > 0 else k
-    if weight_packed.shape[1] != packed_columns(k, 4) or weight_scale.shape[0] != n or groups != -(-k // g):
-        raise ValueError(
-            f"w4a16_linear: packed {tuple(weight_packed.shape)}, scale {tuple(weight_scale.shape)} do not fit "
-            f"in_features {k} with group_size {group_size}"
-        )
-    q = unpack_int32(weight_packed, 4, (n, k))
-    cols = torch.arange(k, device=q.device) // g
-    weight = q.to(torch.float32)
-    if weight_zero_point is not None:
-        weight = weight - weight_zero_point.to(torch.float32)[:, cols]
-    weight = weight * weight_scale.to(torch.float32)[:, cols]
+    weight = w4a16_weight(x.shape[-1], weight_packed, weight_scale, weight_zero_point, group_size)
     return torch.nn.functional.linear(x.to(torch.float32), weight).to(x.dtype)
 
 
@@ -182,6 +194,30 @@ def _w4a16_linear_inputs(gen: torch.Generator, device: str, dtype: torch.dtype) 
     packed = pack_int32(qw.q, 4).to(device)
     scale = qw.scale.to(device=device, dtype=dtype)
     return (x, packed, scale, qw.zero_point.to(device), group)  # type: ignore[union-attr]
+
+
+def _norm_fold_inputs(
+    gen: torch.Generator, device: str, dtype: torch.dtype, *, m: int, k: int, n: int, residual: bool, symmetric: bool
+) -> tuple[Any, ...]:
+    # w4a16_linear's weights (group 64 over K = 200 leaves a partial last group; N off every block), then for the
+    # residual op a residual stream and the next norm's weight (rows of x and of the residual of different
+    # magnitudes, a weight around 1 with spread); for the rms op x = h * w of an h whose rows span 1e-2 .. 1e2.
+    group = 64
+    weight = torch.randn(n, k, generator=gen, dtype=torch.float32)
+    qw = quantize(weight, WeightQuantArgs(num_bits=4, symmetric=symmetric, strategy="group", group_size=group))
+    packed = pack_int32(qw.q, 4).to(device)
+    scale = qw.scale.to(device=device, dtype=dtype)
+    zero = None if symmetric else qw.zero_point.to(device)  # type: ignore[union-attr]
+    mags = torch.logspace(-2, 2, m).reshape(m, 1)
+    if residual:
+        x = (torch.randn(m, k, generator=gen) * mags).to(device=device, dtype=dtype)
+        res = (torch.randn(m, n, generator=gen) * mags.flip(0) * 10).to(device=device, dtype=dtype)
+        norm_weight = (1.0 + 0.5 * torch.randn(n, generator=gen)).to(device=device, dtype=dtype)
+        return (x, packed, scale, zero, group, res, norm_weight)
+    h = (torch.randn(m, k, generator=gen) * mags).to(device=device, dtype=dtype)
+    norm_weight = (1.0 + 0.5 * torch.randn(k, generator=gen)).to(dtype)
+    x = (h.float().cpu() * norm_weight.float()).to(device=device, dtype=dtype)
+    return (x, packed, scale, zero, group, h, 1e-5)
 
 
 def block_sparse_linear(
@@ -716,6 +752,27 @@ OPS: dict[str, OpSpec] = {
         rtol=1e-2,
         atol=1e-2,
         doc="x @ ((q - zp) * s)^T with 4-bit codes packed in int32 (pack-quantized), per-group scales/zero points",
+    ),
+    "w4a16_linear_residual": OpSpec(
+        name="w4a16_linear_residual",
+        reference=w4a16_linear_residual,
+        # Rows 5 (spread magnitudes), asymmetric; a decode row, symmetric, at a shape with full 128-groups.
+        make_inputs=functools.partial(_norm_fold_inputs, m=5, k=200, n=76, residual=True, symmetric=False),
+        variants=(functools.partial(_norm_fold_inputs, m=1, k=512, n=256, residual=True, symmetric=True),),
+        rtol=1e-2,
+        atol=1e-2,
+        doc="a W4A16 linear with the residual add and the next RMSNorm's weight in its epilogue: (h, h * norm_weight) "
+        "with h = x @ W^T + residual (norm_fold_ops)",
+    ),
+    "w4a16_linear_rms": OpSpec(
+        name="w4a16_linear_rms",
+        reference=w4a16_linear_rms,
+        make_inputs=functools.partial(_norm_fold_inputs, m=5, k=200, n=76, residual=False, symmetric=False),
+        variants=(functools.partial(_norm_fold_inputs, m=1, k=512, n=256, residual=False, symmetric=True),),
+        rtol=1e-2,
+        atol=1e-2,
+        doc="a W4A16 linear on x = h * (RMSNorm weight) scaled per row by 1 / sqrt(mean(h^2) + eps): rms_norm(h) @ "
+        "W^T with the norm folded in (norm_fold_ops)",
     ),
     "w4a16_sparse24_linear": OpSpec(
         name="w4a16_sparse24_linear",

@@ -197,9 +197,28 @@ class DenseLinear(RuntimeLinear):
         return cls(torch.cat([layer.weight for layer in layers]), _stack_bias(layers))
 
 
+class NormedActivation(NamedTuple):
+    """An RMSNorm's output left unfinished for the W4A16 linear after it (norm_fold_ops): x = h * norm weight in the
+    compute dtype, the stream h whose 1 / sqrt(mean(h^2) + eps) per row the linear applies itself (op
+    w4a16_linear_rms), and the norm's eps. Made by the linear before the norm (op w4a16_linear_residual)."""
+
+    x: torch.Tensor
+    h: torch.Tensor
+    eps: float
+
+
+RESIDUAL_OP = "w4a16_linear_residual"
+RMS_OP = "w4a16_linear_rms"
+
+
 class W4A16Linear(RuntimeLinear):
     """4-bit weights packed once at load in compressed-tensors' pack-quantized layout (int32 [N, K/8]), scales
-    [N, G] in the compute dtype, signed int8 zero points [N, G] or None; op w4a16_linear."""
+    [N, G] in the compute dtype, signed int8 zero points [N, G] or None; op w4a16_linear.
+
+    `folds` are the kernels of the norm-folding ops (w4a16_linear_residual, w4a16_linear_rms; norm_fold_ops) the
+    registry chose: this layer can finish a residual add and the next norm's weight in its epilogue
+    (`forward_residual`), and take a NormedActivation in place of x, where the backend that prepared its weights
+    runs them (`can_fold`)."""
 
     op = "w4a16_linear"
 
@@ -213,8 +232,10 @@ class W4A16Linear(RuntimeLinear):
         bias: torch.Tensor | None,
         kernel: KernelChoice,
         kernel_kwargs: dict[str, Any] | None = None,
+        folds: tuple[KernelChoice | None, KernelChoice | None] = (None, None),
     ) -> None:
         super().__init__(in_features, weight_packed.shape[0], backend=kernel.backend)
+        self.folds = folds
         if kernel_kwargs is None:  # fresh artifact tensors: let the backend convert them once (KernelChoice.prepare)
             kernel_kwargs = {}
             if kernel.prepare is not None:
@@ -228,11 +249,36 @@ class W4A16Linear(RuntimeLinear):
         self.register_buffer("weight_zero_point", weight_zero_point)
         self.register_buffer("bias", bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.kernel.impl(
-            x, self.weight_packed, self.weight_scale, self.weight_zero_point, self.group_size, **self.kernel_kwargs
-        )
+    def _weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
+        return self.weight_packed, self.weight_scale, self.weight_zero_point, self.group_size
+
+    def forward(self, x: torch.Tensor | NormedActivation) -> torch.Tensor:
+        if isinstance(x, NormedActivation):
+            rms = self.folds[1]
+            if rms is None:
+                raise ValueError(f"{RMS_OP} has no kernel here: this layer takes plain activations only")
+            y = rms.impl(x.x, *self._weights(), x.h, x.eps, **self.kernel_kwargs)
+        else:
+            y = self.kernel.impl(x, *self._weights(), **self.kernel_kwargs)
         return y if self.bias is None else y + self.bias
+
+    def forward_residual(
+        self, x: torch.Tensor, residual: torch.Tensor, norm_weight: torch.Tensor, eps: float
+    ) -> tuple[NormedActivation, torch.Tensor]:
+        """(the next norm's NormedActivation, h) with h = self(x) + residual: the residual add and the elementwise half
+        of the RMSNorm after it in this layer's epilogue (op w4a16_linear_residual); no bias (can_fold)."""
+        op = self.folds[0]
+        if op is None or self.bias is not None:
+            raise ValueError(f"{RESIDUAL_OP} has no kernel here, or this layer has a bias: use forward, then the norm")
+        h, hw = op.impl(x, *self._weights(), residual, norm_weight, **self.kernel_kwargs)
+        return NormedActivation(hw, h, eps), h
+
+    def can_fold(self, side: str) -> bool:
+        """Whether this layer folds the norm after it ("residual": no bias, its kernel's backend runs
+        w4a16_linear_residual) or before it ("rms": w4a16_linear_rms) on the weights its backend prepared."""
+        choice = self.folds[0 if side == "residual" else 1]
+        ok = choice is not None and choice.backend == self.kernel.backend
+        return ok and (side == "rms" or self.bias is None)
 
     @classmethod
     def fuse(cls, parts: Sequence[RuntimeLinear]) -> RuntimeLinear | None:
@@ -247,7 +293,7 @@ class W4A16Linear(RuntimeLinear):
         # Prepared weights are concatenated as they are (a backend's preparation is per output row).
         return cls(
             packed, scale, zero, first.group_size, first.in_features, _stack_bias(layers), first.kernel,
-            first.kernel_kwargs,
+            first.kernel_kwargs, first.folds,
         )
 
 
@@ -597,7 +643,8 @@ def runtime_linear(module: nn.Module, kernels: KernelSelector, dtype: torch.dtyp
     scale, zero, group = _per_row_params(module, dtype)
     if fmt.module is W4A16Linear:
         packed = pack_int32(module.weight_q, 4)
-        dense = W4A16Linear(packed, scale, zero, group, module.in_features, bias, kernel)
+        folds = (kernels.choose(RESIDUAL_OP), kernels.choose(RMS_OP))
+        dense = W4A16Linear(packed, scale, zero, group, module.in_features, bias, kernel, folds=folds)
         return sparse24_linear(module, dense, kernels)
     return DequantLinear(module.weight_q, scale, zero, group, bias, kernel)
 

@@ -454,3 +454,75 @@ def test_norms_and_swiglu_quantize_for_the_w8a8_linears_after_them(quant: str) -
     plain = run(False)
     for got, expected in zip((*fused, *fused_compiled), (*plain, *plain), strict=True):
         assert torch.equal(got, expected)
+
+
+# ------------------------------------------------------------------------------------- norms folded into W4A16
+
+
+def _fold_pair(dtype: torch.dtype, quantize_lm_head: bool) -> DecoderModel:
+    """A random W4A16 model (symmetric, group 32) whose norms have spread weights (random_model's are ones)."""
+    runtime = random_model(
+        small(LlamaConfig, tie_word_embeddings=False), dtype=dtype, quant="w4a16", group_size=32,
+        quantize_lm_head=quantize_lm_head,
+    )
+    gen = torch.Generator().manual_seed(5)
+    for module in runtime.modules():
+        if isinstance(module, RMSNorm):
+            module.weight.copy_(1.0 + 0.5 * torch.randn(module.weight.shape, generator=gen))
+    return runtime
+
+
+@pytest.mark.parametrize("quantize_lm_head", [False, True], ids=["bf16-head", "int4-head"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_folded_norms_decode_as_the_unfused_model(dtype, quantize_lm_head, monkeypatch):
+    """A batch-1 decode step with the norms inside the W4A16 linears (norm_fold_ops, forced here: on the CPU the
+    reference runs them, so the model does not fold on its own) gives the unfused step's logits, to float32
+    rounding in float32 and to the moved bf16 roundings in bf16; only the first layer's input norm still runs as a
+    norm (and the final one where lm_head is 16-bit); decode_hidden still returns the normed hidden states."""
+    runtime = _fold_pair(dtype, quantize_lm_head)
+    assert not runtime.folds_norms()  # auto: the reference kernels gain nothing from folding
+    runtime.fold_norms = True
+    assert runtime.folds_norms()
+    calls: list[str] = []
+    forward, add = RMSNorm.forward, RMSNorm.add
+    monkeypatch.setattr(RMSNorm, "forward", lambda self, x: calls.append("norm") or forward(self, x))
+    monkeypatch.setattr(RMSNorm, "add", lambda self, x, r: calls.append("add") or add(self, x, r))
+
+    def steps(fold: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        runtime.fold_norms = fold
+        cache = runtime.new_cache(1, 16)
+        logits, hidden = [], []
+        with torch.no_grad():
+            runtime.prefill(torch.tensor([[3, 1, 4, 1, 5]]), torch.tensor([5]), cache)
+            for tok in (9, 2, 6):
+                calls.clear()
+                logits.append(runtime.decode(torch.tensor([[tok]]), cache))
+                hidden.append(runtime.decode_hidden(torch.tensor([[tok]]), cache)[1])
+        return logits, hidden
+
+    folded, folded_hidden = steps(True)
+    norms_folded = list(calls)
+    unfused, unfused_hidden = steps(False)
+    norms_unfused = list(calls)
+    bound = 1e-5 if dtype == torch.float32 else 3e-2
+    for got, want in zip(folded + folded_hidden, unfused + unfused_hidden, strict=True):
+        assert relative_error(got.float(), want.float()) < bound
+    layers = runtime.args.num_layers
+    assert norms_unfused == ["norm"] + ["add"] * (2 * layers) + ["norm"] + ["add"] * (2 * layers)
+    # decode: the first input norm only (+ the final add-norm for a 16-bit head); decode_hidden keeps the final norm
+    head = [] if quantize_lm_head else ["add"]
+    assert norms_folded == ["norm", *head, "norm", "add"]
+    assert "w4a16_linear_rms" not in runtime.kernel_meta()
+    runtime.fold_norms = True
+    assert runtime.kernel_meta()["w4a16_linear_rms"] == runtime.kernel_meta()["w4a16_linear_residual"] == "reference"
+
+
+def test_folding_needs_every_layer_to_fold():
+    runtime = _fold_pair(torch.float32, quantize_lm_head=False)
+    runtime.fold_norms = True
+    runtime.layers[1].mlp.down_proj.bias = torch.zeros(64)  # a bias: its epilogue cannot fold the residual
+    assert not runtime.folds_norms()
+    runtime.layers[1].mlp.down_proj.bias = None
+    assert runtime.folds_norms()
+    runtime.fold_norms = False
+    assert not runtime.folds_norms()
