@@ -1,6 +1,7 @@
 """accel-cuda's hooks: registers the CUDA backend and answers kernel selection only for ops it has.
 
-The kernel table holds the Triton kernels (when Triton is installed): W4A16 and W8A16 (dequant_linear) linear, int8
+The kernel table holds the Triton kernels (when Triton is installed): W4A16 and W8A16 (dequant_linear) linear (W4A16
+also with the RMSNorm after / before it folded in: w4a16_linear_residual, w4a16_linear_rms), int8
 and fp8 W8A8 linear, flash-decoding attention over the static KV cache and the fused write into it, RMSNorm, RoPE
 on q and k in one launch (and fused with the KV cache write: rotary_kv_cache_write), the residual add fused into
 RMSNorm (add_rms_norm), and SwiGLU's silu(gate) * up (silu_and_mul); the W8A8 activation quantization fused into the
@@ -11,6 +12,7 @@ does not import Triton.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +21,7 @@ from accel.schema import CapabilityDescriptor
 from accel_cuda.platform import CudaPlatform
 
 BACKEND = "cuda"
+FOLD_OPS = ("w4a16_linear_residual", "w4a16_linear_rms")  # run their fused GEMV only where it is planned: `accepts`
 
 
 def kernels() -> dict[str, Callable[..., Any]]:
@@ -39,6 +42,8 @@ def kernels() -> dict[str, Callable[..., Any]]:
         silu_and_mul_quant,
         triton_available,
         w4a16_linear,
+        w4a16_linear_residual,
+        w4a16_linear_rms,
         w4a16_sparse24_linear,
         w8a8_int8_linear,
         w8a8_scaled_mm,
@@ -49,6 +54,8 @@ def kernels() -> dict[str, Callable[..., Any]]:
     return {
         "dequant_linear": dequant_linear,
         "w4a16_linear": w4a16_linear,
+        "w4a16_linear_residual": w4a16_linear_residual,
+        "w4a16_linear_rms": w4a16_linear_rms,
         "w4a16_sparse24_linear": w4a16_sparse24_linear,
         "w8a8_int8_linear": w8a8_int8_linear,
         "fp8_linear": fp8_linear,
@@ -73,7 +80,8 @@ def accel_register_kernel_backends() -> list[KernelBackendSpec]:
         KernelBackendSpec(
             name=BACKEND,
             description=(
-                "NVIDIA GPUs through PyTorch CUDA: Triton W4A16 (dense and 2:4-sparse), W8A16 and W8A8 (int8, fp8) "
+                "NVIDIA GPUs through PyTorch CUDA: Triton W4A16 (dense and 2:4-sparse; RMSNorm folded into the decode "
+                "GEMVs around it), W8A16 and W8A8 (int8, fp8) "
                 "linear, flash-decoding over the quantized KV cache and its fused quantize-and-write, fused RMSNorm, "
                 "fused RoPE (q and k in one launch; fused with the KV cache write at decode), fused residual add + "
                 "RMSNorm and SwiGLU silu-and-mul, W8A8 activation quantization fused into RMSNorm / add + RMSNorm / "
@@ -94,7 +102,9 @@ def accel_select_kernel(op: str, capability: CapabilityDescriptor) -> KernelChoi
     impl = kernels().get(op)
     if capability.device_type != CudaPlatform.device_type or impl is None:
         return None
-    from accel_cuda.kernels import w4a16_prepare, w4a16_sparse24_prepare
+    from accel_cuda.kernels import norm_fold_accepts, w4a16_prepare, w4a16_sparse24_prepare
 
     prepare = {"w4a16_linear": w4a16_prepare, "w4a16_sparse24_linear": w4a16_sparse24_prepare}.get(op)
-    return KernelChoice(backend=BACKEND, op=op, impl=impl, reason="CUDA Triton kernel", prepare=prepare)
+    accepts = functools.partial(norm_fold_accepts, op) if op in FOLD_OPS else None
+    return KernelChoice(backend=BACKEND, op=op, impl=impl, reason="CUDA Triton kernel", prepare=prepare,
+                        accepts=accepts)

@@ -102,6 +102,8 @@ def test_plugin_import_does_not_import_triton():
 KERNEL_OPS = {
     "dequant_linear",
     "w4a16_linear",
+    "w4a16_linear_residual",
+    "w4a16_linear_rms",
     "w4a16_sparse24_linear",
     "w8a8_int8_linear",
     "fp8_linear",

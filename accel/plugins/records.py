@@ -110,6 +110,10 @@ class KernelChoice:
     # (e.g. a repacked layout). Called with the op's weight arguments; returns (weight arguments, keyword
     # arguments) that the caller then passes to impl on every call. None: pass the artifact's tensors as they are.
     prepare: Callable[..., tuple[tuple[Any, ...], dict[str, Any]]] | None = None
+    # Optional: whether `impl` runs its own fast kernel (rather than a correct but slower fallback) for `rows`
+    # activation rows of a dtype on a device with these (prepared) weight arguments and keyword arguments; a caller
+    # choosing between two ways of computing the same thing asks it. None: always.
+    accepts: Callable[..., bool] | None = None
 
     def meta(self) -> dict[str, str]:
         """Kernel meta as artifacts record it."""

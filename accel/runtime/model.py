@@ -450,17 +450,17 @@ class DecoderLayer(nn.Module):
             return self.mlp.down_proj(act), residual
         return _fold(self.mlp.down_proj).forward_residual(act, residual, next_norm.weight, next_norm.eps)
 
-    def can_fold(self) -> bool:
-        """Whether its norms can run inside its W4A16 linears (forward's `next_norm`): o_proj and down_proj finish a
-        residual add, q/k/v and gate/up take the NormedActivation (their backends run norm_fold_ops' ops), and no
-        norm quantizes its output."""
+    def can_fold(self, rows: int | None = None) -> bool:
+        """Whether its norms can run inside its W4A16 linears (forward's `fold`): o_proj and down_proj finish a
+        residual add, q/k/v and gate/up take the NormedActivation (their backends run norm_fold_ops' ops; for `rows`
+        activation rows, with their own fused kernels), and no norm quantizes its output."""
         attn, mlp = self.self_attn, self.mlp
         producers = (attn.o_proj, mlp.down_proj)
         consumers = (attn.qkv_proj, mlp.gate_up_proj)
         norms = (self.input_layernorm, self.post_attention_layernorm)
         return (
-            all(isinstance(p, W4A16Linear) and p.can_fold("residual") for p in producers)
-            and all(isinstance(c, W4A16Linear) and c.can_fold("rms") for c in consumers)
+            all(isinstance(p, W4A16Linear) and p.can_fold("residual", rows) for p in producers)
+            and all(isinstance(c, W4A16Linear) and c.can_fold("rms", rows) for c in consumers)
             and all(norm.quant is None for norm in norms)
         )
 
@@ -500,17 +500,23 @@ class DecoderModel(nn.Module):
         # Decode at batch 1 with the norms folded into the W4A16 linears (norm_fold_ops): None decides by
         # `folds_norms` (where a backend kernel runs the folding ops, unless ACCEL_FOLD_NORMS=0); True / False force.
         self.fold_norms: bool | None = None
+        self._folds_at: dict[int, bool] = {}  # folds_norms' answer per row count (the weights never change)
 
-    def folds_norms(self) -> bool:
-        """Whether a single-token decode step runs its norms inside the W4A16 linears: every layer can_fold, and
-        (unless fold_norms forces it) a backend kernel, not the reference, runs the folding ops."""
-        if self.fold_norms is False or not all(layer.can_fold() for layer in self.layers):
-            return False
-        if self.fold_norms or not self.layers:
-            return bool(self.layers)
-        linear = self.layers[0].self_attn.o_proj
-        assert isinstance(linear, W4A16Linear)
-        return os.environ.get("ACCEL_FOLD_NORMS", "1") != "0" and linear.backend != "reference"
+    def folds_norms(self, rows: int = 1) -> bool:
+        """Whether a decode step of `rows` tokens runs its norms inside the W4A16 linears: every layer can_fold, and
+        (unless fold_norms forces it) a backend kernel, not the reference, runs the folding ops with its own fused
+        kernels for that many rows (the ops' `accepts`)."""
+        if self.fold_norms is not None:
+            return self.fold_norms and bool(self.layers) and all(layer.can_fold() for layer in self.layers)
+        if rows not in self._folds_at:
+            linear = self.layers[0].self_attn.o_proj if self.layers else None
+            self._folds_at[rows] = (
+                isinstance(linear, W4A16Linear)
+                and linear.backend != "reference"
+                and os.environ.get("ACCEL_FOLD_NORMS", "1") != "0"
+                and all(layer.can_fold(rows) for layer in self.layers)
+            )
+        return self._folds_at[rows]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -616,7 +622,8 @@ class DecoderModel(nn.Module):
         x: Activation = nn.functional.embedding(tokens, self.embed_weight)
         residual = None
         fold = b * t == 1 and not torch.compiler.is_compiling() and self.folds_norms()
-        head_folds = fold and not want_hidden and isinstance(self.lm_head, W4A16Linear) and self.lm_head.can_fold("rms")
+        head = self.lm_head
+        head_folds = fold and not want_hidden and isinstance(head, W4A16Linear) and head.can_fold("rms", 1)
         for i, layer in enumerate(self.layers):
             last = i == len(self.layers) - 1
             next_norm = (self.norm if head_folds else None) if last else self.layers[i + 1].input_layernorm

@@ -273,12 +273,17 @@ class W4A16Linear(RuntimeLinear):
         h, hw = op.impl(x, *self._weights(), residual, norm_weight, **self.kernel_kwargs)
         return NormedActivation(hw, h, eps), h
 
-    def can_fold(self, side: str) -> bool:
+    def can_fold(self, side: str, rows: int | None = None) -> bool:
         """Whether this layer folds the norm after it ("residual": no bias, its kernel's backend runs
-        w4a16_linear_residual) or before it ("rms": w4a16_linear_rms) on the weights its backend prepared."""
+        w4a16_linear_residual) or before it ("rms": w4a16_linear_rms) on the weights its backend prepared; with
+        `rows`, also whether that backend runs its own fused kernel for that many activation rows (its `accepts`)."""
         choice = self.folds[0 if side == "residual" else 1]
-        ok = choice is not None and choice.backend == self.kernel.backend
-        return ok and (side == "rms" or self.bias is None)
+        if choice is None or choice.backend != self.kernel.backend or (side == "residual" and self.bias is not None):
+            return False
+        if rows is None or choice.accepts is None:
+            return True
+        dtype, device = self.weight_scale.dtype, self.weight_packed.device
+        return choice.accepts(rows, dtype, device, *self._weights(), **self.kernel_kwargs)
 
     @classmethod
     def fuse(cls, parts: Sequence[RuntimeLinear]) -> RuntimeLinear | None:

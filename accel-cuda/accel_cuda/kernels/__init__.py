@@ -15,6 +15,7 @@ __all__ = [
     "dequant_linear",
     "fp8_linear",
     "kv_cache_write",
+    "norm_fold_accepts",
     "rms_norm",
     "rms_norm_quant",
     "rotary_embedding",
@@ -23,6 +24,8 @@ __all__ = [
     "silu_and_mul_quant",
     "triton_available",
     "w4a16_linear",
+    "w4a16_linear_residual",
+    "w4a16_linear_rms",
     "w4a16_prepare",
     "w4a16_sparse24_linear",
     "w4a16_sparse24_prepare",
@@ -64,6 +67,45 @@ def w4a16_linear(
     from accel_cuda.kernels.w4a16 import w4a16_linear as impl
 
     return impl(x, weight_packed, weight_scale, weight_zero_point, group_size, **kwargs)
+
+
+def w4a16_linear_residual(
+    x: torch.Tensor,
+    weight_packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor | None,
+    group_size: int,
+    residual: torch.Tensor,
+    norm_weight: torch.Tensor,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """W4A16 linear + residual add + the next norm's weight (accel_cuda.kernels.norm_fold), imported on first call."""
+    from accel_cuda.kernels.norm_fold import w4a16_linear_residual as impl
+
+    return impl(x, weight_packed, weight_scale, weight_zero_point, group_size, residual, norm_weight, **kwargs)
+
+
+def w4a16_linear_rms(
+    x: torch.Tensor,
+    weight_packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor | None,
+    group_size: int,
+    h: torch.Tensor,
+    eps: float,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """W4A16 linear with RMSNorm's per-row scale (accel_cuda.kernels.norm_fold), imported on first call."""
+    from accel_cuda.kernels.norm_fold import w4a16_linear_rms as impl
+
+    return impl(x, weight_packed, weight_scale, weight_zero_point, group_size, h, eps, **kwargs)
+
+
+def norm_fold_accepts(op: str, *args: Any, **kwargs: Any) -> bool:
+    """KernelChoice.accepts of the norm-folding ops (accel_cuda.kernels.norm_fold.accepts), imported on first call."""
+    from accel_cuda.kernels.norm_fold import accepts
+
+    return accepts(op, *args, **kwargs)
 
 
 def w4a16_prepare(

@@ -61,10 +61,11 @@ _CHAIN_CONSTRAINTS = "=f," + ",".join(["r"] * _CHAIN) + ",f," + ",".join(["l"] *
 
 @triton.jit(do_not_specialize=["M", "G", "STEPS", "SPLIT"])
 def _gemv_tma_kernel(
-    x_ptr, w_desc, s_desc, z_desc, out_ptr, ws_ptr, cnt_ptr,
+    x_ptr, w_desc, s_desc, z_desc, out_ptr, ws_ptr, cnt_ptr, res_ptr, nw_ptr, hw_ptr, h_ptr, eps,
     M, N, KW, G, STEPS, SPLIT,
     HAS_ZP: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr, SPLIT_P2: tl.constexpr, ASM: tl.constexpr,
     CONSTRAINTS: tl.constexpr, MAGIC: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
+    RESIDUAL: tl.constexpr, RMS: tl.constexpr, K_P2: tl.constexpr,
 ):
     pid_s = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -73,6 +74,9 @@ def _gemv_tma_kernel(
     x_row = x_ptr + pid_m * 2 * KW
     g_first = pid_s * STEPS * NG
     pdl_enter(PDL)
+    if RMS:  # RMSNorm's scale of this row of h, loaded before the loop so its latency hides behind the pipeline's
+        kk = tl.arange(0, K_P2)
+        h_row = tl.load(h_ptr + pid_m * KW * 8 + kk, mask=kk < KW * 8, other=0.0).to(tl.float32)
     gi = tl.arange(0, NG)
     ci = tl.arange(0, 16 // CHAIN)
     acc = tl.zeros((BLOCK_N, NG, 16 // CHAIN), dtype=tl.float32)
@@ -95,8 +99,17 @@ def _gemv_tma_kernel(
             dtype=tl.float32, is_pure=True, pack=1)
         acc += part * s[:, :, None]
     pdl_release(PDL)
-    write_rows(tl.sum(tl.sum(acc, axis=2), axis=1), out_ptr, ws_ptr, cnt_ptr, rows, rows < N, M, N, SPLIT,
-               SPLIT_P2)
+    y = tl.sum(tl.sum(acc, axis=2), axis=1)
+    if RMS:  # r = 1 / sqrt(mean(h^2) + eps) times this row's dot products (linear: before or after split-K's sum)
+        y = y * tl.rsqrt(tl.sum(h_row * h_row, axis=0) / (KW * 8) + eps)
+    if RESIDUAL:  # split 1 only: h = y (rounded as the linear's output) + residual, then h * w of the next norm
+        dt = out_ptr.dtype.element_ty
+        offs = pid_m * N + rows
+        h = (y.to(dt).to(tl.float32) + tl.load(res_ptr + offs).to(tl.float32)).to(dt)
+        tl.store(out_ptr + offs, h)
+        tl.store(hw_ptr + offs, (h.to(tl.float32) * tl.load(nw_ptr + rows).to(tl.float32)).to(dt))
+    else:
+        write_rows(y, out_ptr, ws_ptr, cnt_ptr, rows, rows < N, M, N, SPLIT, SPLIT_P2)
 
 
 @dataclass(frozen=True)
@@ -144,14 +157,22 @@ def w4a16_tma_gemv(
     config: TmaGemvConfig,
     out: torch.Tensor | None = None,
     pdl: int | None = None,
+    residual: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    rms: tuple[torch.Tensor, float] | None = None,
 ) -> torch.Tensor:
     """y = x @ ((q - zp) * s)^T for group size 128 from permute_nibbles' words [N, K/8], scales [N, K/128] and,
     when asymmetric, 8 + zero point in the scales' dtype (None: symmetric); x [..., K] fp16/bf16. pdl: pdl.py's
-    mode (default: pdl_mode of x's device)."""
+    mode (default: pdl_mode of x's device).
+
+    The norm folds (accel.runtime.norm_fold_ops), contiguous tensors in x's dtype: `residual` = (residual [..., N],
+    the next norm's weight [N], hw_out [..., N]) returns h = y + residual and stores h * weight into hw_out (split 1
+    only); `rms` = (h [..., K], eps) scales each row's y by 1 / sqrt(mean(h^2) + eps)."""
     k = x.shape[-1]
     n = weight_packed.shape[0]
     if not supports_tma(n, k, config):
         raise ValueError(f"w4a16_tma_gemv: shape {n}x{k} does not tile with {config}")
+    if residual is not None and config.split != 1:
+        raise ValueError(f"w4a16_tma_gemv: the residual epilogue needs split 1, got {config}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k).contiguous()
     m = x2.shape[0]
@@ -166,10 +187,14 @@ def w4a16_tma_gemv(
     z_desc = TensorDescriptor.from_tensor(zero_plus8, [bn, ng]) if zero_plus8 is not None else s_desc
     dt = {torch.bfloat16: "bf16", torch.float16: "fp16"}[x.dtype]
     pdl = pdl_mode(x.device) if pdl is None else pdl
+    res, nw, hw = residual if residual is not None else (result, result, result)
+    h, eps = rms if rms is not None else (result, 0.0)
     _gemv_tma_kernel[grid](
-        x2.view(torch.int64), w_desc, s_desc, z_desc, result, ws, cnt, m, n, kw, groups, steps, split,
+        x2.view(torch.int64), w_desc, s_desc, z_desc, result, ws, cnt, res, nw, hw, h, eps,
+        m, n, kw, groups, steps, split,
         HAS_ZP=zero_plus8 is not None, BLOCK_N=bn, NG=ng, SPLIT_P2=1 << max(0, (split - 1).bit_length()),
         ASM=_DOT_CHAIN[dt], CONSTRAINTS=_CHAIN_CONSTRAINTS, MAGIC=_MAGIC[dt], STAGES=config.stages, PDL=pdl,
+        RESIDUAL=residual is not None, RMS=rms is not None, K_P2=triton.next_power_of_2(k) if rms else 1,
         num_warps=config.num_warps, launch_pdl=bool(pdl),
     )
     return result
