@@ -113,8 +113,8 @@ def w4a16_linear_residual(
     group_size: int,
     residual: torch.Tensor,
     norm_weight: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """accel.runtime.norm_fold_ops.w4a16_linear_residual ((h, h * norm_weight), new tensors), on the selected
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """accel.runtime.norm_fold_ops.w4a16_linear_residual ((h, h * norm_weight, ss), new tensors), on the selected
     kernel."""
     impl = kernel_choice("w4a16_linear_residual", x.device.type).impl
     return impl(x, weight_packed, weight_scale, weight_zero_point, group_size, residual, norm_weight)
@@ -122,7 +122,10 @@ def w4a16_linear_residual(
 
 @w4a16_linear_residual.register_fake
 def _(x, weight_packed, weight_scale, weight_zero_point, group_size, residual, norm_weight):  # type: ignore[no-untyped-def]
-    return _linear_shape(x, weight_packed), _linear_shape(x, weight_packed)
+    # ss's partial-sum count is the kernel's choice: a data-dependent size for tracing
+    parts = torch.library.get_ctx().new_dynamic_size()
+    return _linear_shape(x, weight_packed), _linear_shape(x, weight_packed), x.new_empty((*x.shape[:-1], parts),
+                                                                                          dtype=torch.float32)
 
 
 @torch.library.custom_op("accel::w4a16_linear_rms", mutates_args=())
@@ -132,16 +135,16 @@ def w4a16_linear_rms(
     weight_scale: torch.Tensor,
     weight_zero_point: torch.Tensor | None,
     group_size: int,
-    h: torch.Tensor,
+    ss: torch.Tensor,
     eps: float,
 ) -> torch.Tensor:
     """accel.runtime.norm_fold_ops.w4a16_linear_rms, on the selected kernel."""
     impl = kernel_choice("w4a16_linear_rms", x.device.type).impl
-    return impl(x, weight_packed, weight_scale, weight_zero_point, group_size, h, eps)
+    return impl(x, weight_packed, weight_scale, weight_zero_point, group_size, ss, eps)
 
 
 @w4a16_linear_rms.register_fake
-def _(x, weight_packed, weight_scale, weight_zero_point, group_size, h, eps):  # type: ignore[no-untyped-def]
+def _(x, weight_packed, weight_scale, weight_zero_point, group_size, ss, eps):  # type: ignore[no-untyped-def]
     return _linear_shape(x, weight_packed)
 
 

@@ -10,30 +10,41 @@ part and one scalar per row:
 
 so the linear before the norm finishes the elementwise part in its epilogue, and the linear after it applies r:
 
-    w4a16_linear_residual(x, W.., residual, w)  = (h, h * w),    h = x @ W^T + residual
-    w4a16_linear_rms(xw, W.., h, eps)           = r(h) * (xw @ W^T)
+    w4a16_linear_residual(x, W.., residual, w)   = (h, h * w, ss),   h = x @ W^T + residual
+    w4a16_linear_rms(xw, W.., ss, eps)           = r * (xw @ W^T),   r = 1 / sqrt(sum(ss) / K + eps)
 
-h is the new residual stream, rounded as add_rms_norm rounds it (x @ W^T in x's dtype, then torch's sum rounded once);
-h * w is rounded once to x's dtype (the float32 product). The second op reads h only for r: a kernel sums h's
-squares while the linear streams its weights, so no launch is left for the norm. Against the unfused pair
-(w4a16_linear, then add_rms_norm, then w4a16_linear) the rounding points move: the unfused norm rounds h * r to x's
-dtype and multiplies by w in x's dtype; the fold rounds h * w once and multiplies by r in float32 (in bf16 both are
-within a few 2^-8 relative of the float64 value, as the linear's own tolerance allows).
+ss holds h's sum of squares per row as float32 partial sums [..., P] (P >= 1 is the producer's choice: a kernel
+writes one per program over its rows; the reference P = 1), so the next linear reads P floats per row, not h. h is the
+new residual stream, rounded as add_rms_norm rounds it (x @ W^T in x's dtype, then torch's sum rounded once); h * w
+is rounded once to x's dtype (the float32 product); ss is of h as rounded. Against the unfused pair (w4a16_linear,
+add_rms_norm, w4a16_linear) the rounding points move: the unfused norm rounds h * r to x's dtype and multiplies by w
+in x's dtype; the fold rounds h * w once and multiplies by r in float32 (in bf16 both are within a few 2^-8 relative
+of the float64 value, as the linear's own tolerance allows).
 """
 
 from __future__ import annotations
 
 import torch
 
-from accel.runtime.norm_ops import check_rms_norm
+__all__ = [
+    "check_linear_residual",
+    "check_linear_rms",
+    "rms_scale",
+    "sum_of_squares",
+    "w4a16_linear_residual",
+    "w4a16_linear_rms",
+]
 
-__all__ = ["check_linear_residual", "check_linear_rms", "rms_scale", "w4a16_linear_residual", "w4a16_linear_rms"]
+
+def sum_of_squares(h: torch.Tensor) -> torch.Tensor:
+    """sum(h^2) per row of h [..., H] in float32, [..., 1]: the partial sums ss of the reference (P = 1)."""
+    return h.to(torch.float32).pow(2).sum(-1, keepdim=True)
 
 
-def rms_scale(h: torch.Tensor, eps: float) -> torch.Tensor:
-    """r = 1 / sqrt(mean(h^2) + eps) per row of h [..., H], in float32 [..., 1]: RMSNorm's scalar (norm_ops)."""
-    hf = h.to(torch.float32)
-    return torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)
+def rms_scale(ss: torch.Tensor, k: int, eps: float) -> torch.Tensor:
+    """r = 1 / sqrt(sum(ss) / k + eps) per row, float32 [..., 1], from partial sums of squares ss [..., P] of rows of
+    length k: RMSNorm's scalar (norm_ops), mean(h^2) = sum(h^2) / k."""
+    return torch.rsqrt(ss.to(torch.float32).sum(-1, keepdim=True) / k + eps)
 
 
 def check_linear_residual(
@@ -53,14 +64,14 @@ def check_linear_residual(
         )
 
 
-def check_linear_rms(x: torch.Tensor, h: torch.Tensor, eps: float) -> None:
-    """A ValueError naming what is wrong when h (the stream whose norm x already carries the weight of) does not
-    fit x [..., K], or eps is not a positive float."""
-    if h.shape != x.shape:
+def check_linear_rms(x: torch.Tensor, ss: torch.Tensor, eps: float) -> None:
+    """A ValueError naming what is wrong when ss (partial sums of squares of the stream x carries the norm weight of)
+    does not fit x [..., K], or eps is not a positive float."""
+    if ss.dtype != torch.float32 or ss.ndim != x.ndim or ss.shape[:-1] != x.shape[:-1] or ss.shape[-1] < 1:
         raise ValueError(
-            f"w4a16_linear_rms: h {tuple(h.shape)} must have x's shape {tuple(x.shape)} (x = h * norm weight)"
+            f"w4a16_linear_rms: ss {ss.dtype} {tuple(ss.shape)} must be float32 [..., P >= 1] with x's leading "
+            f"dimensions {tuple(x.shape[:-1])} (partial sums of h^2 per row, from w4a16_linear_residual)"
         )
-    check_rms_norm(h, torch.empty(h.shape[-1], dtype=h.dtype, device="meta"))
     if not isinstance(eps, float) or eps <= 0:
         raise ValueError(f"w4a16_linear_rms: eps must be a positive float (the norm's epsilon), got {eps!r}")
 
@@ -73,15 +84,16 @@ def w4a16_linear_residual(
     group_size: int,
     residual: torch.Tensor,
     norm_weight: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(h, h * norm_weight) with h = w4a16_linear(x, ...) + residual (module docstring): x [..., K], residual
-    [..., N] in x's dtype, norm_weight [N] (the next RMSNorm's weight); both results [..., N] in x's dtype."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(h, h * norm_weight, ss) with h = w4a16_linear(x, ...) + residual and ss = sum(h^2) per row (module docstring):
+    x [..., K], residual [..., N] in x's dtype, norm_weight [N] (the next RMSNorm's weight); h and h * norm_weight
+    [..., N] in x's dtype, ss float32 [..., 1]."""
     from accel.runtime.ops import w4a16_linear  # ops declares this op, so import its linear lazily
 
     y = w4a16_linear(x, weight_packed, weight_scale, weight_zero_point, group_size)
     check_linear_residual(y.shape, x.dtype, residual, norm_weight)
     h = y + residual
-    return h, (h.to(torch.float32) * norm_weight.to(torch.float32)).to(x.dtype)
+    return h, (h.to(torch.float32) * norm_weight.to(torch.float32)).to(x.dtype), sum_of_squares(h)
 
 
 def w4a16_linear_rms(
@@ -90,15 +102,16 @@ def w4a16_linear_rms(
     weight_scale: torch.Tensor,
     weight_zero_point: torch.Tensor | None,
     group_size: int,
-    h: torch.Tensor,
+    ss: torch.Tensor,
     eps: float,
 ) -> torch.Tensor:
-    """r(h) * (x @ W^T) with x = h * norm weight (w4a16_linear_residual's second result) and r(h) = 1 / sqrt(mean(
-    h^2) + eps) per row: rms_norm(h) @ W^T with the norm folded in. The product and r in float32, cast once to x's
-    dtype."""
+    """r * (x @ W^T) with x = h * norm weight and ss the partial sums of h^2 (w4a16_linear_residual's second and third
+    results), r = 1 / sqrt(sum(ss) / K + eps) per row: rms_norm(h) @ W^T with the norm folded in. The product and r
+    in float32, cast once to x's dtype."""
     from accel.runtime.ops import w4a16_weight
 
-    check_linear_rms(x, h, eps)
-    weight = w4a16_weight(x.shape[-1], weight_packed, weight_scale, weight_zero_point, group_size)
-    y = torch.nn.functional.linear(x.to(torch.float32), weight) * rms_scale(h, eps)
+    check_linear_rms(x, ss, eps)
+    k = x.shape[-1]
+    weight = w4a16_weight(k, weight_packed, weight_scale, weight_zero_point, group_size)
+    y = torch.nn.functional.linear(x.to(torch.float32), weight) * rms_scale(ss, k, eps)
     return y.to(x.dtype)

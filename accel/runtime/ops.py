@@ -20,7 +20,7 @@ from accel.quantization.weight_quant import WeightQuantArgs, quantize
 from accel.runtime.act_ops import silu_and_mul
 from accel.runtime.fused_quant_ops import add_rms_norm_quant, quant_args, rms_norm_quant, silu_and_mul_quant
 from accel.runtime.kv_ops import KV_FORMATS, KVTensors, cached_attention, kv_cache_write, kv_dequantize, kv_quantize
-from accel.runtime.norm_fold_ops import w4a16_linear_residual, w4a16_linear_rms
+from accel.runtime.norm_fold_ops import sum_of_squares, w4a16_linear_residual, w4a16_linear_rms
 from accel.runtime.norm_ops import add_rms_norm, rms_norm
 from accel.runtime.packing import pack_int32, packed_columns, unpack_int32
 from accel.runtime.rope_kv_ops import rotary_kv_cache_write
@@ -197,11 +197,21 @@ def _w4a16_linear_inputs(gen: torch.Generator, device: str, dtype: torch.dtype) 
 
 
 def _norm_fold_inputs(
-    gen: torch.Generator, device: str, dtype: torch.dtype, *, m: int, k: int, n: int, residual: bool, symmetric: bool
+    gen: torch.Generator,
+    device: str,
+    dtype: torch.dtype,
+    *,
+    m: int,
+    k: int,
+    n: int,
+    residual: bool,
+    symmetric: bool,
+    parts: int = 1,
 ) -> tuple[Any, ...]:
     # w4a16_linear's weights (group 64 over K = 200 leaves a partial last group; N off every block), then for the
     # residual op a residual stream and the next norm's weight (rows of x and of the residual of different
-    # magnitudes, a weight around 1 with spread); for the rms op x = h * w of an h whose rows span 1e-2 .. 1e2.
+    # magnitudes, a weight around 1 with spread); for the rms op x = h * w of an h whose rows span 1e-2 .. 1e2, and
+    # h's sums of squares in `parts` partial sums (K split into equal runs), as a kernel's producer leaves them.
     group = 64
     weight = torch.randn(n, k, generator=gen, dtype=torch.float32)
     qw = quantize(weight, WeightQuantArgs(num_bits=4, symmetric=symmetric, strategy="group", group_size=group))
@@ -217,7 +227,14 @@ def _norm_fold_inputs(
     h = (torch.randn(m, k, generator=gen) * mags).to(device=device, dtype=dtype)
     norm_weight = (1.0 + 0.5 * torch.randn(k, generator=gen)).to(dtype)
     x = (h.float().cpu() * norm_weight.float()).to(device=device, dtype=dtype)
-    return (x, packed, scale, zero, group, h, 1e-5)
+    ss = sum_of_squares(h.unflatten(-1, (parts, k // parts))).squeeze(-1)  # [m, parts]
+    return (x, packed, scale, zero, group, ss, 1e-5)
+
+
+def _residual_judged(out: tuple[torch.Tensor, ...], args: tuple[Any, ...]) -> torch.Tensor:
+    """w4a16_linear_residual's (h, h * w, ss) as one tensor: ss by its row sums (P is the kernel's choice)."""
+    h, hw, ss = out
+    return torch.cat([h.reshape(-1).float(), hw.reshape(-1).float(), ss.sum(-1).reshape(-1) / h.shape[-1]])
 
 
 def block_sparse_linear(
@@ -759,20 +776,23 @@ OPS: dict[str, OpSpec] = {
         # Rows 5 (spread magnitudes), asymmetric; a decode row, symmetric, at a shape with full 128-groups.
         make_inputs=functools.partial(_norm_fold_inputs, m=5, k=200, n=76, residual=True, symmetric=False),
         variants=(functools.partial(_norm_fold_inputs, m=1, k=512, n=256, residual=True, symmetric=True),),
+        judge=_residual_judged,  # h, h * w, and mean(h^2) per row from the partial sums
         rtol=1e-2,
         atol=1e-2,
-        doc="a W4A16 linear with the residual add and the next RMSNorm's weight in its epilogue: (h, h * norm_weight) "
-        "with h = x @ W^T + residual (norm_fold_ops)",
+        doc="a W4A16 linear with the residual add and the next RMSNorm's weight in its epilogue: (h, h * norm_weight, "
+        "ss) with h = x @ W^T + residual and ss float32 partial sums of h^2 per row (norm_fold_ops)",
     ),
     "w4a16_linear_rms": OpSpec(
         name="w4a16_linear_rms",
         reference=w4a16_linear_rms,
         make_inputs=functools.partial(_norm_fold_inputs, m=5, k=200, n=76, residual=False, symmetric=False),
-        variants=(functools.partial(_norm_fold_inputs, m=1, k=512, n=256, residual=False, symmetric=True),),
+        variants=(
+            functools.partial(_norm_fold_inputs, m=1, k=512, n=256, residual=False, symmetric=True, parts=8),
+        ),
         rtol=1e-2,
         atol=1e-2,
-        doc="a W4A16 linear on x = h * (RMSNorm weight) scaled per row by 1 / sqrt(mean(h^2) + eps): rms_norm(h) @ "
-        "W^T with the norm folded in (norm_fold_ops)",
+        doc="a W4A16 linear on x = h * (RMSNorm weight) scaled per row by 1 / sqrt(sum(ss) / K + eps), ss partial "
+        "sums of h^2: rms_norm(h) @ W^T with the norm folded in (norm_fold_ops)",
     ),
     "w4a16_sparse24_linear": OpSpec(
         name="w4a16_sparse24_linear",

@@ -199,11 +199,12 @@ class DenseLinear(RuntimeLinear):
 
 class NormedActivation(NamedTuple):
     """An RMSNorm's output left unfinished for the W4A16 linear after it (norm_fold_ops): x = h * norm weight in the
-    compute dtype, the stream h whose 1 / sqrt(mean(h^2) + eps) per row the linear applies itself (op
-    w4a16_linear_rms), and the norm's eps. Made by the linear before the norm (op w4a16_linear_residual)."""
+    compute dtype, float32 partial sums ss [..., P] of h^2 per row, whose 1 / sqrt(sum(ss) / K + eps) the linear
+    applies itself (op w4a16_linear_rms), and the norm's eps. Made by the linear before the norm (op
+    w4a16_linear_residual)."""
 
     x: torch.Tensor
-    h: torch.Tensor
+    ss: torch.Tensor
     eps: float
 
 
@@ -257,7 +258,7 @@ class W4A16Linear(RuntimeLinear):
             rms = self.folds[1]
             if rms is None:
                 raise ValueError(f"{RMS_OP} has no kernel here: this layer takes plain activations only")
-            y = rms.impl(x.x, *self._weights(), x.h, x.eps, **self.kernel_kwargs)
+            y = rms.impl(x.x, *self._weights(), x.ss, x.eps, **self.kernel_kwargs)
         else:
             y = self.kernel.impl(x, *self._weights(), **self.kernel_kwargs)
         return y if self.bias is None else y + self.bias
@@ -270,8 +271,8 @@ class W4A16Linear(RuntimeLinear):
         op = self.folds[0]
         if op is None or self.bias is not None:
             raise ValueError(f"{RESIDUAL_OP} has no kernel here, or this layer has a bias: use forward, then the norm")
-        h, hw = op.impl(x, *self._weights(), residual, norm_weight, **self.kernel_kwargs)
-        return NormedActivation(hw, h, eps), h
+        h, hw, ss = op.impl(x, *self._weights(), residual, norm_weight, **self.kernel_kwargs)
+        return NormedActivation(hw, ss, eps), h
 
     def can_fold(self, side: str, rows: int | None = None) -> bool:
         """Whether this layer folds the norm after it ("residual": no bias, its kernel's backend runs

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from accel.quantization.weight_quant import WeightQuantArgs, quantize
-from accel.runtime.norm_fold_ops import rms_scale, w4a16_linear_residual, w4a16_linear_rms
+from accel.runtime.norm_fold_ops import rms_scale, sum_of_squares, w4a16_linear_residual, w4a16_linear_rms
 from accel.runtime.norm_ops import add_rms_norm, rms_norm
 from accel.runtime.ops import OPS, w4a16_linear, w4a16_weight
 from accel.runtime.packing import pack_int32
@@ -40,8 +40,11 @@ def test_the_folded_chain_is_the_unfused_one_in_float64(dtype):
     norm_weight = (1.0 + 0.5 * torch.randn(76, generator=gen)).to(dtype)
     eps = 1e-5
 
-    h, hw = w4a16_linear_residual(x, packed, scale, zero, group, residual, norm_weight)
-    got = w4a16_linear_rms(hw, packed2, scale2, None, 76, h, eps)
+    h, hw, ss = w4a16_linear_residual(x, packed, scale, zero, group, residual, norm_weight)
+    got = w4a16_linear_rms(hw, packed2, scale2, None, 76, ss, eps)
+    # any split of the sums of squares into partial sums gives the same product (a kernel writes one per program)
+    parts = sum_of_squares(h.unflatten(-1, (4, 19))).squeeze(-1)
+    torch.testing.assert_close(w4a16_linear_rms(hw, packed2, scale2, None, 76, parts, eps), got, rtol=1e-6, atol=0)
 
     w1 = w4a16_weight(200, packed, scale, zero, group).double()
     w2q = w4a16_weight(76, packed2, scale2, None, 76).double()
@@ -55,6 +58,8 @@ def test_the_folded_chain_is_the_unfused_one_in_float64(dtype):
     _, h_unfused = add_rms_norm(w4a16_linear(x, packed, scale, zero, group), residual, norm_weight, eps)
     assert torch.equal(h, h_unfused)
     assert torch.equal(hw, (h.float() * norm_weight.float()).to(dtype))
+    assert ss.shape == (3, 1) and ss.dtype == torch.float32
+    torch.testing.assert_close(ss.double(), h.double().pow(2).sum(-1, keepdim=True), rtol=1e-6, atol=0)
     # and against the unfused pipeline in the same dtype: the rounding points moved, nothing else
     unfused = w4a16_linear(rms_norm(h, norm_weight, eps), packed2, scale2, None, 76)
     assert _relative(got, unfused.double()) < BOUND[dtype]
@@ -62,7 +67,7 @@ def test_the_folded_chain_is_the_unfused_one_in_float64(dtype):
 
 def test_rms_scale_is_rmsnorms_scalar():
     h = torch.randn(4, 64, dtype=torch.float64) * torch.tensor([[1e-3], [1.0], [1e2], [0.0]])
-    r = rms_scale(h.float(), 1e-6)
+    r = rms_scale(sum_of_squares(h.float().unflatten(-1, (8, 8))).squeeze(-1), 64, 1e-6)
     want = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
     assert r.shape == (4, 1) and r.dtype == torch.float32
     torch.testing.assert_close(r.double(), want, rtol=1e-6, atol=0)
@@ -78,10 +83,12 @@ def test_bad_inputs_name_the_argument():
         w4a16_linear_residual(x, packed, scale, zero, group, residual.float(), norm_weight)
     with pytest.raises(ValueError, match="norm_weight"):
         w4a16_linear_residual(x, packed, scale, zero, group, residual, norm_weight[:-1])
-    xr, packed, scale, zero, group, h, eps = OPS["w4a16_linear_rms"].make_inputs(
+    xr, packed, scale, zero, group, ss, eps = OPS["w4a16_linear_rms"].make_inputs(
         torch.Generator().manual_seed(0), "cpu", torch.bfloat16
     )
-    with pytest.raises(ValueError, match="h "):
-        w4a16_linear_rms(xr, packed, scale, zero, group, h[:2], eps)
+    with pytest.raises(ValueError, match="ss "):
+        w4a16_linear_rms(xr, packed, scale, zero, group, ss[:2], eps)
+    with pytest.raises(ValueError, match="ss "):
+        w4a16_linear_rms(xr, packed, scale, zero, group, ss.double(), eps)
     with pytest.raises(ValueError, match="eps"):
-        w4a16_linear_rms(xr, packed, scale, zero, group, h, 0.0)
+        w4a16_linear_rms(xr, packed, scale, zero, group, ss, 0.0)

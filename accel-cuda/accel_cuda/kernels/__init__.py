@@ -78,7 +78,7 @@ def w4a16_linear_residual(
     residual: torch.Tensor,
     norm_weight: torch.Tensor,
     **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """W4A16 linear + residual add + the next norm's weight (accel_cuda.kernels.norm_fold), imported on first call."""
     from accel_cuda.kernels.norm_fold import w4a16_linear_residual as impl
 
@@ -91,14 +91,14 @@ def w4a16_linear_rms(
     weight_scale: torch.Tensor,
     weight_zero_point: torch.Tensor | None,
     group_size: int,
-    h: torch.Tensor,
+    ss: torch.Tensor,
     eps: float,
     **kwargs: Any,
 ) -> torch.Tensor:
     """W4A16 linear with RMSNorm's per-row scale (accel_cuda.kernels.norm_fold), imported on first call."""
     from accel_cuda.kernels.norm_fold import w4a16_linear_rms as impl
 
-    return impl(x, weight_packed, weight_scale, weight_zero_point, group_size, h, eps, **kwargs)
+    return impl(x, weight_packed, weight_scale, weight_zero_point, group_size, ss, eps, **kwargs)
 
 
 def norm_fold_accepts(op: str, *args: Any, **kwargs: Any) -> bool:

@@ -4,16 +4,16 @@ and the math are accel.runtime.norm_fold_ops').
 Where w4a16_linear would run the TMA decode GEMV (w4a16_gemv_tma.py: Hopper, permuted words, symmetric, group 128,
 an M the table tuned, not one the tensor-core kernel is planned for), the fold is that GEMV's epilogue: the residual
 op adds the residual to its rows and stores h and h * w (its plan must be split 1, so one program owns each row
-tile); the rms op sums h's squares (h's row is loaded before the K loop, so the load hides behind the pipeline) and
-scales its dot products by 1 / sqrt(mean(h^2) + eps). Anywhere else both ops run w4a16_linear and finish in torch:
-the same results, the norm's launches not saved.
+tile) and each program's sum of h^2 over its rows; the rms op loads those N / block_n partial sums of its row
+before the K loop (so the load hides behind the pipeline) and scales its dot products by 1 / sqrt(sum / K + eps).
+Anywhere else both ops run w4a16_linear and finish in torch: the same results, the norm's launches not saved.
 """
 
 from __future__ import annotations
 
 import torch
 
-from accel.runtime.norm_fold_ops import check_linear_residual, check_linear_rms, rms_scale
+from accel.runtime.norm_fold_ops import check_linear_residual, check_linear_rms, rms_scale, sum_of_squares
 from accel_cuda.kernels import w4a16_gemv as gemv
 from accel_cuda.kernels import w4a16_gemv_tma as gemv_tma
 from accel_cuda.kernels import wxa16_tma_dot as tma_dot
@@ -92,19 +92,21 @@ def w4a16_linear_residual(
     norm_weight: torch.Tensor,
     *,
     permuted: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(h, h * norm_weight) with h = x @ W^T + residual, in the GEMV's epilogue where fold_plan has a split-1 launch
-    (module docstring); `permuted` as w4a16_linear's."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(h, h * norm_weight, ss) with h = x @ W^T + residual and ss partial sums of h^2 (one per program: [..., N /
+    block_n]), in the GEMV's epilogue where fold_plan has a split-1 launch (module docstring); `permuted` as
+    w4a16_linear's."""
     shape = (*x.shape[:-1], weight_packed.shape[0])
     check_linear_residual(torch.Size(shape), x.dtype, residual, norm_weight)
     config = fold_plan(x, weight_packed, weight_scale, weight_zero_point, group_size, permuted)
     if config is None or config.split != 1 or not residual.is_contiguous() or not norm_weight.is_contiguous():
         h = w4a16_linear(x, weight_packed, weight_scale, weight_zero_point, group_size, permuted=permuted) + residual
-        return h, (h.to(torch.float32) * norm_weight.to(torch.float32)).to(x.dtype)
+        return h, (h.to(torch.float32) * norm_weight.to(torch.float32)).to(x.dtype), sum_of_squares(h)
     hw = torch.empty(shape, dtype=x.dtype, device=x.device)
+    ss = torch.empty((*shape[:-1], shape[-1] // config.block_n), dtype=torch.float32, device=x.device)
     h = gemv_tma.w4a16_tma_gemv(x, weight_packed, weight_scale, None, config=config,
-                                residual=(residual, norm_weight, hw))
-    return h, hw
+                                residual=(residual, norm_weight, hw, ss))
+    return h, hw, ss
 
 
 def w4a16_linear_rms(
@@ -113,15 +115,16 @@ def w4a16_linear_rms(
     weight_scale: torch.Tensor,
     weight_zero_point: torch.Tensor | None,
     group_size: int,
-    h: torch.Tensor,
+    ss: torch.Tensor,
     eps: float,
     *,
     permuted: bool = False,
 ) -> torch.Tensor:
-    """1 / sqrt(mean(h^2) + eps) * (x @ W^T) per row, in the GEMV where fold_plan has a launch (module docstring)."""
-    check_linear_rms(x, h, eps)
+    """1 / sqrt(sum(ss) / K + eps) * (x @ W^T) per row, ss partial sums of h^2 [..., P], in the GEMV where fold_plan
+    has a launch (module docstring)."""
+    check_linear_rms(x, ss, eps)
     config = fold_plan(x, weight_packed, weight_scale, weight_zero_point, group_size, permuted)
-    if config is None or not h.is_contiguous():
+    if config is None or not ss.is_contiguous():
         y = w4a16_linear(x, weight_packed, weight_scale, weight_zero_point, group_size, permuted=permuted)
-        return (y.to(torch.float32) * rms_scale(h, eps)).to(x.dtype)
-    return gemv_tma.w4a16_tma_gemv(x, weight_packed, weight_scale, None, config=config, rms=(h, eps))
+        return (y.to(torch.float32) * rms_scale(ss, x.shape[-1], eps)).to(x.dtype)
+    return gemv_tma.w4a16_tma_gemv(x, weight_packed, weight_scale, None, config=config, rms=(ss, eps))

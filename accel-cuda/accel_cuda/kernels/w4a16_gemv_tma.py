@@ -61,11 +61,11 @@ _CHAIN_CONSTRAINTS = "=f," + ",".join(["r"] * _CHAIN) + ",f," + ",".join(["l"] *
 
 @triton.jit(do_not_specialize=["M", "G", "STEPS", "SPLIT"])
 def _gemv_tma_kernel(
-    x_ptr, w_desc, s_desc, z_desc, out_ptr, ws_ptr, cnt_ptr, res_ptr, nw_ptr, hw_ptr, h_ptr, eps,
+    x_ptr, w_desc, s_desc, z_desc, out_ptr, ws_ptr, cnt_ptr, res_ptr, nw_ptr, hw_ptr, ss_ptr, P, eps,
     M, N, KW, G, STEPS, SPLIT,
     HAS_ZP: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr, SPLIT_P2: tl.constexpr, ASM: tl.constexpr,
     CONSTRAINTS: tl.constexpr, MAGIC: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
-    RESIDUAL: tl.constexpr, RMS: tl.constexpr, K_P2: tl.constexpr,
+    RESIDUAL: tl.constexpr, RMS: tl.constexpr, P_P2: tl.constexpr,
 ):
     pid_s = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -74,9 +74,12 @@ def _gemv_tma_kernel(
     x_row = x_ptr + pid_m * 2 * KW
     g_first = pid_s * STEPS * NG
     pdl_enter(PDL)
-    if RMS:  # RMSNorm's scale of this row of h, loaded before the loop so its latency hides behind the pipeline's
-        kk = tl.arange(0, K_P2)
-        h_row = tl.load(h_ptr + pid_m * KW * 8 + kk, mask=kk < KW * 8, other=0.0).to(tl.float32)
+    if RMS:  # the partial sums of h^2 of this row (P floats), loaded before the loop: the latency hides behind it
+        pp = tl.arange(0, P_P2)
+        ss = tl.load(ss_ptr + pid_m * P + pp, mask=pp < P, other=0.0)
+    if RESIDUAL:  # the epilogue's operands, likewise loaded ahead (the norm weight comes from device memory)
+        res = tl.load(res_ptr + pid_m * N + rows).to(tl.float32)
+        nw = tl.load(nw_ptr + rows).to(tl.float32)
     gi = tl.arange(0, NG)
     ci = tl.arange(0, 16 // CHAIN)
     acc = tl.zeros((BLOCK_N, NG, 16 // CHAIN), dtype=tl.float32)
@@ -100,14 +103,17 @@ def _gemv_tma_kernel(
         acc += part * s[:, :, None]
     pdl_release(PDL)
     y = tl.sum(tl.sum(acc, axis=2), axis=1)
-    if RMS:  # r = 1 / sqrt(mean(h^2) + eps) times this row's dot products (linear: before or after split-K's sum)
-        y = y * tl.rsqrt(tl.sum(h_row * h_row, axis=0) / (KW * 8) + eps)
-    if RESIDUAL:  # split 1 only: h = y (rounded as the linear's output) + residual, then h * w of the next norm
+    if RMS:  # r = 1 / sqrt(sum(ss) / K + eps) times this row's dot products (linear: before or after split-K's sum)
+        y = y * tl.rsqrt(tl.sum(ss, axis=0) / (KW * 8) + eps)
+    if RESIDUAL:  # split 1 only: h = y (rounded as the linear's output) + residual, h * w of the next norm, and this
+        # program's partial sum of h^2 (of h as rounded) at column pid_n of ss [M, P = N / BLOCK_N]
         dt = out_ptr.dtype.element_ty
         offs = pid_m * N + rows
-        h = (y.to(dt).to(tl.float32) + tl.load(res_ptr + offs).to(tl.float32)).to(dt)
+        h = (y.to(dt).to(tl.float32) + res).to(dt)
         tl.store(out_ptr + offs, h)
-        tl.store(hw_ptr + offs, (h.to(tl.float32) * tl.load(nw_ptr + rows).to(tl.float32)).to(dt))
+        tl.store(hw_ptr + offs, (h.to(tl.float32) * nw).to(dt))
+        hf = h.to(tl.float32)
+        tl.store(ss_ptr + pid_m * P + tl.program_id(0), tl.sum(hf * hf, axis=0))
     else:
         write_rows(y, out_ptr, ws_ptr, cnt_ptr, rows, rows < N, M, N, SPLIT, SPLIT_P2)
 
@@ -157,22 +163,24 @@ def w4a16_tma_gemv(
     config: TmaGemvConfig,
     out: torch.Tensor | None = None,
     pdl: int | None = None,
-    residual: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    residual: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     rms: tuple[torch.Tensor, float] | None = None,
 ) -> torch.Tensor:
     """y = x @ ((q - zp) * s)^T for group size 128 from permute_nibbles' words [N, K/8], scales [N, K/128] and,
     when asymmetric, 8 + zero point in the scales' dtype (None: symmetric); x [..., K] fp16/bf16. pdl: pdl.py's
     mode (default: pdl_mode of x's device).
 
-    The norm folds (accel.runtime.norm_fold_ops), contiguous tensors in x's dtype: `residual` = (residual [..., N],
-    the next norm's weight [N], hw_out [..., N]) returns h = y + residual and stores h * weight into hw_out (split 1
-    only); `rms` = (h [..., K], eps) scales each row's y by 1 / sqrt(mean(h^2) + eps)."""
+    The norm folds (accel.runtime.norm_fold_ops), contiguous tensors: `residual` = (residual [..., N] and the next
+    norm's weight [N] in x's dtype, hw_out [..., N], ss_out float32 [..., N / block_n]) returns h = y + residual,
+    stores h * weight into hw_out and each program's sum of h^2 into ss_out (split 1 only); `rms` = (ss float32
+    [..., P], eps) scales each row's y by 1 / sqrt(sum(ss) / K + eps)."""
     k = x.shape[-1]
     n = weight_packed.shape[0]
     if not supports_tma(n, k, config):
         raise ValueError(f"w4a16_tma_gemv: shape {n}x{k} does not tile with {config}")
-    if residual is not None and config.split != 1:
-        raise ValueError(f"w4a16_tma_gemv: the residual epilogue needs split 1, got {config}")
+    if residual is not None and (config.split != 1 or residual[3].shape[-1] != n // config.block_n):
+        raise ValueError(f"w4a16_tma_gemv: the residual epilogue needs split 1 and ss_out [..., {n} / block_n], got "
+                         f"{config} and {tuple(residual[3].shape)}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k).contiguous()
     m = x2.shape[0]
@@ -187,14 +195,17 @@ def w4a16_tma_gemv(
     z_desc = TensorDescriptor.from_tensor(zero_plus8, [bn, ng]) if zero_plus8 is not None else s_desc
     dt = {torch.bfloat16: "bf16", torch.float16: "fp16"}[x.dtype]
     pdl = pdl_mode(x.device) if pdl is None else pdl
-    res, nw, hw = residual if residual is not None else (result, result, result)
-    h, eps = rms if rms is not None else (result, 0.0)
+    res, nw, hw, ss = residual if residual is not None else (result, result, result, result)
+    eps = 0.0
+    if rms is not None:
+        ss, eps = rms
+    parts = ss.shape[-1] if residual is not None or rms is not None else 1
     _gemv_tma_kernel[grid](
-        x2.view(torch.int64), w_desc, s_desc, z_desc, result, ws, cnt, res, nw, hw, h, eps,
+        x2.view(torch.int64), w_desc, s_desc, z_desc, result, ws, cnt, res, nw, hw, ss, parts, eps,
         m, n, kw, groups, steps, split,
         HAS_ZP=zero_plus8 is not None, BLOCK_N=bn, NG=ng, SPLIT_P2=1 << max(0, (split - 1).bit_length()),
         ASM=_DOT_CHAIN[dt], CONSTRAINTS=_CHAIN_CONSTRAINTS, MAGIC=_MAGIC[dt], STAGES=config.stages, PDL=pdl,
-        RESIDUAL=residual is not None, RMS=rms is not None, K_P2=triton.next_power_of_2(k) if rms else 1,
+        RESIDUAL=residual is not None, RMS=rms is not None, P_P2=triton.next_power_of_2(parts) if rms else 1,
         num_warps=config.num_warps, launch_pdl=bool(pdl),
     )
     return result
