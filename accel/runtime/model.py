@@ -497,7 +497,7 @@ class DecoderModel(nn.Module):
         self.kv_format = kv_format
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self._rope: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        # Decode at batch 1 with the norms folded into the W4A16 linears (norm_fold_ops): None decides by
+        # Decode steps with the norms folded into the W4A16 linears (norm_fold_ops): None decides by
         # `folds_norms` (where a backend kernel runs the folding ops, unless ACCEL_FOLD_NORMS=0); True / False force.
         self.fold_norms: bool | None = None
         self._folds_at: dict[int, bool] = {}  # folds_norms' answer per row count (the weights never change)
@@ -611,7 +611,8 @@ class DecoderModel(nn.Module):
         self, tokens: torch.Tensor, cache: StaticKVCache, want_hidden: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """decode's step; the final-normed hidden states too when `want_hidden` (else None where the final norm was
-        folded into lm_head). One token (B = T = 1) folds the norms into the W4A16 linears where folds_norms."""
+        folded into lm_head). The norms fold into the W4A16 linears where folds_norms(B * T) (batch 1 and 2 on the
+        tuned Hopper shapes)."""
         b, t = tokens.shape
         rows = cache.rows(b)
         cos, sin = self._rope_tables(cache.max_seq)
@@ -621,9 +622,9 @@ class DecoderModel(nn.Module):
         cos, sin = cos[positions], sin[positions]  # [B, T, D]
         x: Activation = nn.functional.embedding(tokens, self.embed_weight)
         residual = None
-        fold = b * t == 1 and not torch.compiler.is_compiling() and self.folds_norms()
+        fold = not torch.compiler.is_compiling() and self.folds_norms(b * t)
         head = self.lm_head
-        head_folds = fold and not want_hidden and isinstance(head, W4A16Linear) and head.can_fold("rms", 1)
+        head_folds = fold and not want_hidden and isinstance(head, W4A16Linear) and head.can_fold("rms", b * t)
         for i, layer in enumerate(self.layers):
             last = i == len(self.layers) - 1
             next_norm = (self.norm if head_folds else None) if last else self.layers[i + 1].input_layernorm
@@ -662,7 +663,7 @@ class DecoderModel(nn.Module):
         for op in (ATTENTION_OP, WRITE_OP, ROTARY_WRITE_OP):
             choice = self.kernels.choose(op)
             seen[op] = {"reference" if choice is None else choice.backend}
-        if self.folds_norms():  # batch-1 decode steps run the norms inside the W4A16 linears
+        if self.folds_norms():  # batch-1 decode steps (at least) run the norms inside the W4A16 linears
             for op, choice in zip((RESIDUAL_OP, RMS_OP), _fold(self.layers[0].self_attn.o_proj).folds, strict=True):
                 seen[op] = {"reference" if choice is None else choice.backend}
         return {op: ",".join(sorted(backends)) for op, backends in sorted(seen.items())}
