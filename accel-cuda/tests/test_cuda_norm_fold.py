@@ -145,11 +145,12 @@ def test_ops_match_the_references(m):
         assert planned is None  # M = 4 runs the tensor-core kernel: the ops fall back to it and torch
 
 
+@pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("quantize_lm_head", [False, True], ids=["bf16-head", "int4-head"])
-def test_decode_with_folded_norms_matches_the_unfused_step(quantize_lm_head):
-    """A Llama-3-8B-shaped W4A16 model cut to 2 layers, random weights and spread norm weights: batch-1 decode steps
-    folded (the default where the CUDA kernels run the folding ops) against ACCEL-unfused steps, eager and in a CUDA
-    graph; the norms' launches are gone from the folded step."""
+def test_decode_with_folded_norms_matches_the_unfused_step(quantize_lm_head, batch):
+    """A Llama-3-8B-shaped W4A16 model cut to 2 layers, random weights and spread norm weights: decode steps at batch
+    1 and 2 folded (the default where the CUDA kernels run the folding ops) against unfused steps; the norms' launches
+    are gone from the folded step."""
     from transformers import LlamaConfig
 
     from accel.runtime.model import RMSNorm, random_model
@@ -167,21 +168,24 @@ def test_decode_with_folded_norms_matches_the_unfused_step(quantize_lm_head):
     meta = runtime.kernel_meta()
     assert meta["w4a16_linear_residual"] == meta["w4a16_linear_rms"] == "cuda"
 
+    assert runtime.folds_norms(batch)
+    prompts = torch.arange(1, 9, device="cuda").repeat(batch, 1) * torch.arange(1, batch + 1, device="cuda")[:, None]
+
     def steps(fold: bool) -> list[torch.Tensor]:
         runtime.fold_norms = None if fold else False
-        cache = runtime.new_cache(1, 64)
+        cache = runtime.new_cache(batch, 64)
         with torch.no_grad():
-            runtime.prefill(torch.arange(1, 9, device="cuda")[None], torch.tensor([8], device="cuda"), cache)
-            out = [runtime.decode(torch.tensor([[t]], device="cuda"), cache).float() for t in (5, 17, 99)]
+            runtime.prefill(prompts, torch.full((batch,), 8, device="cuda"), cache)
+            out = [runtime.decode(torch.full((batch, 1), t, device="cuda"), cache).float() for t in (5, 17, 99)]
         return out
 
     folded, unfused = steps(True), steps(False)
     for got, want in zip(folded, unfused, strict=True):
         assert relative_error(got, want.double()) < 2e-2
     runtime.fold_norms = None
-    cache = runtime.new_cache(1, 64)
+    cache = runtime.new_cache(batch, 64)
     with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        runtime.decode(torch.tensor([[3]], device="cuda"), cache)
+        runtime.decode(torch.full((batch, 1), 3, device="cuda"), cache)
         torch.cuda.synchronize()
     launches = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     norms = [name for name in launches if "_rms_norm_kernel" in name]
