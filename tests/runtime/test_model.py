@@ -526,3 +526,60 @@ def test_folding_needs_every_layer_to_fold():
     assert runtime.folds_norms()
     runtime.fold_norms = False
     assert not runtime.folds_norms()
+
+
+def test_folding_follows_the_backends_accepts() -> None:
+    """A third-party CPU backend serving the W4A16 op and both folding ops, whose KernelChoice.accepts says its fused
+    kernels run for one activation row only: the model folds its norms at batch 1 (the folding ops run, one norm
+    launch is left) and not at batch 2 (every norm runs, the folding ops do not)."""
+    import dataclasses
+
+    from accel.plugins.hookspecs import hookimpl
+    from accel.runtime.ops import OPS
+
+    calls: list[str] = []
+
+    def counted(op: str) -> Callable[..., Any]:
+        return lambda *args: calls.append(op) or OPS[op].reference(*args)
+
+    fold_ops = ("w4a16_linear_residual", "w4a16_linear_rms")
+    kernels = {op: counted(op) for op in ("w4a16_linear", *fold_ops, "rms_norm", "add_rms_norm")}
+    asked: list[int] = []
+
+    def accepts(rows: int, dtype: torch.dtype, device: torch.device, *weights: Any, **kwargs: Any) -> bool:
+        asked.append(rows)
+        return rows == 1
+
+    class FoldingPlugin(BackendPlugin):
+        @hookimpl
+        def accel_select_kernel(self, op: str, capability: CapabilityDescriptor):  # type: ignore[no-untyped-def]
+            choice = super().accel_select_kernel(op, capability)
+            return dataclasses.replace(choice, accepts=accepts) if choice is not None and op in fold_ops else choice
+
+    spec = KernelBackendSpec(
+        name="foldcpu", description="core's references as a CPU backend with fused norm folds (test plugin)",
+        device_type="cpu", is_available=lambda: True,
+        capability=lambda: CapabilityDescriptor(device_name="cpu", device_type="cpu"), kernels=lambda: kernels,
+        priority=1,
+    )
+    registry = load_registry(PluginPolicy())
+    registry.manager.register(FoldingPlugin(spec), name="foldcpu")
+    runtime = random_model(small(LlamaConfig), dtype=torch.float32, quant="w4a16", group_size=32, registry=registry)
+    assert runtime.kernel_meta()["w4a16_linear"] == "foldcpu"
+    assert runtime.folds_norms(1) and not runtime.folds_norms(2)
+    assert set(asked) == {1, 2}
+    layers = runtime.args.num_layers
+    for batch, folds in ((1, True), (2, False)):
+        cache = runtime.new_cache(batch, 16)
+        with torch.no_grad():
+            runtime.prefill(torch.ones(batch, 3, dtype=torch.int64), torch.full((batch,), 3), cache)
+            calls.clear()
+            runtime.decode(torch.ones(batch, 1, dtype=torch.int64), cache)
+        norms = calls.count("rms_norm") + calls.count("add_rms_norm")
+        if folds:
+            # left: the first input norm and the final one (16-bit lm_head); folded: every o and down but the last
+            # down (its residual goes to the final norm), every gate/up and q/k/v but the first layer's
+            assert norms == 2
+            assert calls.count("w4a16_linear_residual") == calls.count("w4a16_linear_rms") == 2 * layers - 1
+        else:
+            assert norms == 2 * layers + 1 and not any(op in calls for op in fold_ops)
