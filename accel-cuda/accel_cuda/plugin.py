@@ -1,7 +1,8 @@
 """accel-cuda's hooks: registers the CUDA backend and answers kernel selection only for ops it has.
 
 The kernel table holds the Triton kernels (when Triton is installed): W4A16 and W8A16 (dequant_linear) linear (W4A16
-also with the RMSNorm after / before it folded in: w4a16_linear_residual, w4a16_linear_rms), int8
+also with the RMSNorm after / before it and SwiGLU folded in: w4a16_linear_residual, w4a16_linear_rms,
+w4a16_linear_silu_mul), int8
 and fp8 W8A8 linear, flash-decoding attention over the static KV cache and the fused write into it, RMSNorm, RoPE
 on q and k in one launch (and fused with the KV cache write: rotary_kv_cache_write), the residual add fused into
 RMSNorm (add_rms_norm), and SwiGLU's silu(gate) * up (silu_and_mul); the W8A8 activation quantization fused into the
@@ -21,7 +22,8 @@ from accel.schema import CapabilityDescriptor
 from accel_cuda.platform import CudaPlatform
 
 BACKEND = "cuda"
-FOLD_OPS = ("w4a16_linear_residual", "w4a16_linear_rms")  # run their fused GEMV only where it is planned: `accepts`
+# Ops that run their fused GEMV only where it is planned (KernelChoice.accepts), a correct fallback elsewhere.
+FOLD_OPS = ("w4a16_linear_residual", "w4a16_linear_rms", "w4a16_linear_silu_mul")
 
 
 def kernels() -> dict[str, Callable[..., Any]]:
@@ -44,6 +46,7 @@ def kernels() -> dict[str, Callable[..., Any]]:
         w4a16_linear,
         w4a16_linear_residual,
         w4a16_linear_rms,
+        w4a16_linear_silu_mul,
         w4a16_sparse24_linear,
         w8a8_int8_linear,
         w8a8_scaled_mm,
@@ -56,6 +59,7 @@ def kernels() -> dict[str, Callable[..., Any]]:
         "w4a16_linear": w4a16_linear,
         "w4a16_linear_residual": w4a16_linear_residual,
         "w4a16_linear_rms": w4a16_linear_rms,
+        "w4a16_linear_silu_mul": w4a16_linear_silu_mul,
         "w4a16_sparse24_linear": w4a16_sparse24_linear,
         "w8a8_int8_linear": w8a8_int8_linear,
         "fp8_linear": fp8_linear,
@@ -80,8 +84,8 @@ def accel_register_kernel_backends() -> list[KernelBackendSpec]:
         KernelBackendSpec(
             name=BACKEND,
             description=(
-                "NVIDIA GPUs through PyTorch CUDA: Triton W4A16 (dense and 2:4-sparse; RMSNorm folded into the decode "
-                "GEMVs around it), W8A16 and W8A8 (int8, fp8) "
+                "NVIDIA GPUs through PyTorch CUDA: Triton W4A16 (dense and 2:4-sparse; RMSNorm and SwiGLU folded into "
+                "the decode GEMVs around them), W8A16 and W8A8 (int8, fp8) "
                 "linear, flash-decoding over the quantized KV cache and its fused quantize-and-write, fused RMSNorm, "
                 "fused RoPE (q and k in one launch; fused with the KV cache write at decode), fused residual add + "
                 "RMSNorm and SwiGLU silu-and-mul, W8A8 activation quantization fused into RMSNorm / add + RMSNorm / "

@@ -109,6 +109,32 @@ def test_rms_prologue_matches_float64(m, block_n, ng, split, stages, n, k, dtype
         assert relative_error(got, expected) < BOUND[dtype]
 
 
+@pytest.mark.parametrize("rms", [False, True], ids=["plain", "rms"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("n", "k"), [(28672, 4096), (1024, 2048)], ids=["28672x4096", "1024x2048"])
+@pytest.mark.parametrize(("m", "block_n", "ng", "stages"), [(1, 32, 8, 2), (1, 16, 16, 3), (2, 32, 8, 3)])
+def test_silu_epilogue_matches_float64(m, block_n, ng, stages, n, k, dtype, rms):
+    """SwiGLU in the GEMV's epilogue (gate rows and the up rows I below them per program) against silu(g) * up of
+    the float64 product, after the norm's scale where rms; every output element written (poisoned output)."""
+    from accel_cuda.kernels.w4a16_gemv_tma import TmaGemvConfig, supports_tma, w4a16_tma_gemv
+
+    cfg = TmaGemvConfig(block_n=block_n, ng=ng, split=1, stages=stages)
+    if not supports_tma(n, k, cfg):
+        pytest.skip(f"{cfg} does not tile {n}x{k}")
+    _, x, words, scale, w = case(m, n, k, dtype)
+    y = x.double() @ w.T
+    ss = None
+    if rms:
+        ss = (x.float().pow(2).reshape(m, 16, -1).sum(-1) * 3).contiguous()  # h's sums of squares: any positive row
+        y = y * torch.rsqrt(ss.double().sum(-1, keepdim=True) / k + 1e-5)
+    gate, up = y.split(n // 2, -1)
+    expected = gate * torch.sigmoid(gate) * up
+    out = torch.full((m, n // 2), float("nan"), dtype=dtype, device="cuda")
+    got = w4a16_tma_gemv(x, words, scale, None, config=cfg, out=out, silu=True, rms=None if ss is None else (ss, 1e-5))
+    assert got is out
+    assert relative_error(got, expected) < 2 * BOUND[dtype]  # the linear's bound, then silu's and the product's ulps
+
+
 @pytest.mark.parametrize("m", [1, 4])  # 1: the folded GEMV where the table tuned the shape; 4: the fallback
 def test_ops_match_the_references(m):
     """The registered ops (through prepare's permuted words) against accel.runtime.norm_fold_ops' references."""
@@ -116,7 +142,7 @@ def test_ops_match_the_references(m):
     from accel_cuda.platform import CudaPlatform
 
     from accel.plugins import load_registry
-    from accel.runtime.norm_fold_ops import w4a16_linear_residual, w4a16_linear_rms
+    from accel.runtime.norm_fold_ops import w4a16_linear_residual, w4a16_linear_rms, w4a16_linear_silu_mul
 
     n, k = 4096, 4096
     gen, x, _, _, _ = case(m, n, k, torch.bfloat16)
@@ -137,6 +163,11 @@ def test_ops_match_the_references(m):
     y = rms_op.impl(hw, words, scale_p, zp, group, ss, 1e-5, **kwargs)
     y_ref = w4a16_linear_rms(hw, packed, scale, None, 128, ss_ref, 1e-5)
     assert relative_error(y, y_ref.double()) < 1e-2
+    silu_op = registry.select_kernel("w4a16_linear_silu_mul", CudaPlatform.capability())
+    for sums, sums_ref in ((None, None), (ss, ss_ref)):  # 4096 rows as gate | up of 2048
+        act = silu_op.impl(hw, words, scale_p, zp, group, sums, 1e-5, **kwargs)
+        act_ref = w4a16_linear_silu_mul(hw, packed, scale, None, 128, sums_ref, 1e-5)
+        assert act.shape == (m, n // 2) and relative_error(act, act_ref.double()) < 2e-2
     planned = norm_fold.fold_plan(x, words, scale_p, zp, group, True)
     name = torch.cuda.get_device_name()
     if m == 1 and name in ("NVIDIA H200", "NVIDIA H100 80GB HBM3"):
@@ -166,7 +197,8 @@ def test_decode_with_folded_norms_matches_the_unfused_step(quantize_lm_head, bat
     if not runtime.folds_norms():
         pytest.skip(f"no tuned TMA GEMV launch folds these shapes on {torch.cuda.get_device_name()}")
     meta = runtime.kernel_meta()
-    assert meta["w4a16_linear_residual"] == meta["w4a16_linear_rms"] == "cuda"
+    assert meta["w4a16_linear_residual"] == meta["w4a16_linear_rms"] == meta["w4a16_linear_silu_mul"] == "cuda"
+    assert runtime.folds_silu(batch)
 
     assert runtime.folds_norms(batch)
     prompts = torch.arange(1, 9, device="cuda").repeat(batch, 1) * torch.arange(1, batch + 1, device="cuda")[:, None]
@@ -189,5 +221,6 @@ def test_decode_with_folded_norms_matches_the_unfused_step(quantize_lm_head, bat
         torch.cuda.synchronize()
     launches = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     norms = [name for name in launches if "_rms_norm_kernel" in name]
+    assert not [name for name in launches if "silu_and_mul" in name], launches  # SwiGLU inside gate/up
     # the first layer's input norm, and the final one before a 16-bit lm_head
     assert len(norms) == (1 if quantize_lm_head else 2), launches

@@ -42,6 +42,7 @@ __all__ = [
     "w4a16_linear",
     "w4a16_linear_residual",
     "w4a16_linear_rms",
+    "w4a16_linear_silu_mul",
     "w4a16_sparse24_linear",
     "w8a8_int8_linear",
     "w8a8_scaled_mm",
@@ -146,6 +147,26 @@ def w4a16_linear_rms(
 @w4a16_linear_rms.register_fake
 def _(x, weight_packed, weight_scale, weight_zero_point, group_size, ss, eps):  # type: ignore[no-untyped-def]
     return _linear_shape(x, weight_packed)
+
+
+@torch.library.custom_op("accel::w4a16_linear_silu_mul", mutates_args=())
+def w4a16_linear_silu_mul(
+    x: torch.Tensor,
+    weight_packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor | None,
+    group_size: int,
+    ss: torch.Tensor | None,
+    eps: float,
+) -> torch.Tensor:
+    """accel.runtime.norm_fold_ops.w4a16_linear_silu_mul, on the selected kernel."""
+    impl = kernel_choice("w4a16_linear_silu_mul", x.device.type).impl
+    return impl(x, weight_packed, weight_scale, weight_zero_point, group_size, ss, eps)
+
+
+@w4a16_linear_silu_mul.register_fake
+def _(x, weight_packed, weight_scale, weight_zero_point, group_size, ss, eps):  # type: ignore[no-untyped-def]
+    return x.new_empty((*x.shape[:-1], weight_packed.shape[0] // 2))
 
 
 @torch.library.custom_op("accel::w4a16_sparse24_linear", mutates_args=())

@@ -51,8 +51,7 @@ from accel.runtime.artifact import load_artifact
 from accel.runtime.kv_cache import ATTENTION_OP, ROTARY_WRITE_OP, WRITE_OP, StaticKVCache, check_kv_format
 from accel.runtime.ops import OPS
 from accel.runtime.quant_backend import (
-    RESIDUAL_OP,
-    RMS_OP,
+    FOLD_OPS,
     SCALED_MM_OP,
     DenseLinear,
     KernelSelector,
@@ -422,6 +421,7 @@ class DecoderLayer(nn.Module):
         residual: torch.Tensor | None = None,
         fold: bool = False,
         next_norm: RMSNorm | None = None,
+        fold_silu: bool = False,
     ) -> tuple[Activation, torch.Tensor]:
         """(mlp out, h) with h = stream + attention(norm(stream)) and the stream x (residual None, the first layer)
         or x + residual; the layer's output is mlp out + h.
@@ -429,7 +429,8 @@ class DecoderLayer(nn.Module):
         `fold` (the model checked can_fold): the norms run inside the W4A16 linears around them (norm_fold_ops).
         o_proj adds the residual and applies the post-attention norm's weight, gate/up applies its scale; with
         `next_norm`, down_proj adds h and applies that norm's weight too, and the layer returns (the NormedActivation
-        for the next layer or lm_head, its stream). x may be such a NormedActivation, from the layer before."""
+        for the next layer or lm_head, its stream). x may be such a NormedActivation, from the layer before. With
+        `fold_silu` too (can_fold_silu), gate/up returns SwiGLU's silu(gate) * up itself."""
         if isinstance(x, NormedActivation):
             normed: Activation = x
             assert residual is not None
@@ -445,7 +446,8 @@ class DecoderLayer(nn.Module):
         attn = self.self_attn.attend(normed, cos, sin, cache, positions, seq_lens)
         post = self.post_attention_layernorm
         normed, residual = _fold(self.self_attn.o_proj).forward_residual(attn, residual, post.weight, post.eps)
-        act = self.mlp.activation(normed)
+        gate_up = self.mlp.gate_up_proj
+        act = _fold(gate_up).forward_silu_mul(normed) if fold_silu else self.mlp.activation(normed)
         if next_norm is None:
             return self.mlp.down_proj(act), residual
         return _fold(self.mlp.down_proj).forward_residual(act, residual, next_norm.weight, next_norm.eps)
@@ -463,6 +465,13 @@ class DecoderLayer(nn.Module):
             and all(isinstance(c, W4A16Linear) and c.can_fold("rms", rows) for c in consumers)
             and all(norm.quant is None for norm in norms)
         )
+
+
+    def can_fold_silu(self, rows: int | None = None) -> bool:
+        """Whether its gate/up can return SwiGLU's output itself (w4a16_linear_silu_mul; for `rows` activation rows
+        with its backend's own fused kernel): with can_fold, forward's `fold_silu`."""
+        gate_up = self.mlp.gate_up_proj
+        return isinstance(gate_up, W4A16Linear) and gate_up.can_fold("silu", rows)
 
 
 def _fold(linear: nn.Module) -> W4A16Linear:
@@ -500,22 +509,31 @@ class DecoderModel(nn.Module):
         # Decode steps with the norms folded into the W4A16 linears (norm_fold_ops): None decides by
         # `folds_norms` (where a backend kernel runs the folding ops, unless ACCEL_FOLD_NORMS=0); True / False force.
         self.fold_norms: bool | None = None
-        self._folds_at: dict[int, bool] = {}  # folds_norms' answer per row count (the weights never change)
+        self._folds_at: dict[int, tuple[bool, bool]] = {}  # _folds' answers per row count (the weights never change)
 
     def folds_norms(self, rows: int = 1) -> bool:
         """Whether a decode step of `rows` tokens runs its norms inside the W4A16 linears: every layer can_fold, and
         (unless fold_norms forces it) a backend kernel, not the reference, runs the folding ops with its own fused
         kernels for that many rows (the ops' `accepts`)."""
+        return self._folds(rows)[0]
+
+    def folds_silu(self, rows: int = 1) -> bool:
+        """Whether such a step (folds_norms) also runs SwiGLU inside the gate/up linears (can_fold_silu)."""
+        return all(self._folds(rows))
+
+    def _folds(self, rows: int) -> tuple[bool, bool]:
         if self.fold_norms is not None:
-            return self.fold_norms and bool(self.layers) and all(layer.can_fold() for layer in self.layers)
+            norms = self.fold_norms and bool(self.layers) and all(layer.can_fold() for layer in self.layers)
+            return norms, norms and all(layer.can_fold_silu() for layer in self.layers)
         if rows not in self._folds_at:
             linear = self.layers[0].self_attn.o_proj if self.layers else None
-            self._folds_at[rows] = (
+            norms = (
                 isinstance(linear, W4A16Linear)
                 and linear.backend != "reference"
                 and os.environ.get("ACCEL_FOLD_NORMS", "1") != "0"
                 and all(layer.can_fold(rows) for layer in self.layers)
             )
+            self._folds_at[rows] = (norms, norms and all(layer.can_fold_silu(rows) for layer in self.layers))
         return self._folds_at[rows]
 
     @property
@@ -622,13 +640,15 @@ class DecoderModel(nn.Module):
         cos, sin = cos[positions], sin[positions]  # [B, T, D]
         x: Activation = nn.functional.embedding(tokens, self.embed_weight)
         residual = None
-        fold = not torch.compiler.is_compiling() and self.folds_norms(b * t)
+        fold, fold_silu = (False, False) if torch.compiler.is_compiling() else self._folds(b * t)
         head = self.lm_head
         head_folds = fold and not want_hidden and isinstance(head, W4A16Linear) and head.can_fold("rms", b * t)
         for i, layer in enumerate(self.layers):
             last = i == len(self.layers) - 1
             next_norm = (self.norm if head_folds else None) if last else self.layers[i + 1].input_layernorm
-            x, residual = layer(x, cos, sin, rows, positions, seq_lens, residual, fold, next_norm if fold else None)
+            x, residual = layer(
+                x, cos, sin, rows, positions, seq_lens, residual, fold, next_norm if fold else None, fold_silu
+            )
         rows.seq_lens.copy_(seq_lens)
         if isinstance(x, NormedActivation):  # the final norm folded: lm_head applies it
             return self.lm_head(x), None
@@ -664,7 +684,8 @@ class DecoderModel(nn.Module):
             choice = self.kernels.choose(op)
             seen[op] = {"reference" if choice is None else choice.backend}
         if self.folds_norms():  # batch-1 decode steps (at least) run the norms inside the W4A16 linears
-            for op, choice in zip((RESIDUAL_OP, RMS_OP), _fold(self.layers[0].self_attn.o_proj).folds, strict=True):
+            folds = _fold(self.layers[0].self_attn.o_proj).folds
+            for op, choice in zip(FOLD_OPS[: 3 if self.folds_silu() else 2], folds, strict=False):
                 seen[op] = {"reference" if choice is None else choice.backend}
         return {op: ",".join(sorted(backends)) for op, backends in sorted(seen.items())}
 

@@ -1,5 +1,5 @@
-"""RMSNorm folded into the W4A16 linears around it: the portable references of `w4a16_linear_residual` and
-`w4a16_linear_rms`.
+"""RMSNorm (and SwiGLU) folded into the W4A16 linears around it: the portable references of `w4a16_linear_residual`,
+`w4a16_linear_rms` and `w4a16_linear_silu_mul`.
 
 At batch 1 a Llama-3-8B decode step runs 65 RMSNorm launches (each fused with the residual add before it,
 add_rms_norm), ~1.9 us apiece on an H200 and ~6% of the W4A16 step. Every one sits between two W4A16 linears (o ->
@@ -20,6 +20,10 @@ is rounded once to x's dtype (the float32 product); ss is of h as rounded. Again
 add_rms_norm, w4a16_linear) the rounding points move: the unfused norm rounds h * r to x's dtype and multiplies by w
 in x's dtype; the fold rounds h * w once and multiplies by r in float32 (in bf16 both are within a few 2^-8 relative
 of the float64 value, as the linear's own tolerance allows).
+
+SwiGLU's silu(gate) * up (act_ops.silu_and_mul, 32 launches a batch-1 step) folds the same way into the stacked
+gate/up linear before it: `w4a16_linear_silu_mul(x, W.., ss, eps) = silu_and_mul(y)` with y = x @ W^T (or, given
+ss, w4a16_linear_rms's r * (x @ W^T)) rounded to x's dtype first, as the unfused pair reads it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ __all__ = [
     "sum_of_squares",
     "w4a16_linear_residual",
     "w4a16_linear_rms",
+    "w4a16_linear_silu_mul",
 ]
 
 
@@ -115,3 +120,24 @@ def w4a16_linear_rms(
     weight = w4a16_weight(k, weight_packed, weight_scale, weight_zero_point, group_size)
     y = torch.nn.functional.linear(x.to(torch.float32), weight) * rms_scale(ss, k, eps)
     return y.to(x.dtype)
+
+
+def w4a16_linear_silu_mul(
+    x: torch.Tensor,
+    weight_packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor | None,
+    group_size: int,
+    ss: torch.Tensor | None,
+    eps: float,
+) -> torch.Tensor:
+    """silu_and_mul(y) [..., N / 2] with y = x @ W^T [..., N] (the stacked gate | up linear), or with ss given
+    w4a16_linear_rms(x, ..., ss, eps): SwiGLU (and the norm before it) folded into the linear (module docstring)."""
+    from accel.runtime.act_ops import silu_and_mul
+    from accel.runtime.ops import w4a16_linear
+
+    if ss is None:
+        y = w4a16_linear(x, weight_packed, weight_scale, weight_zero_point, group_size)
+    else:
+        y = w4a16_linear_rms(x, weight_packed, weight_scale, weight_zero_point, group_size, ss, eps)
+    return silu_and_mul(y)

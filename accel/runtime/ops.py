@@ -20,7 +20,12 @@ from accel.quantization.weight_quant import WeightQuantArgs, quantize
 from accel.runtime.act_ops import silu_and_mul
 from accel.runtime.fused_quant_ops import add_rms_norm_quant, quant_args, rms_norm_quant, silu_and_mul_quant
 from accel.runtime.kv_ops import KV_FORMATS, KVTensors, cached_attention, kv_cache_write, kv_dequantize, kv_quantize
-from accel.runtime.norm_fold_ops import sum_of_squares, w4a16_linear_residual, w4a16_linear_rms
+from accel.runtime.norm_fold_ops import (
+    sum_of_squares,
+    w4a16_linear_residual,
+    w4a16_linear_rms,
+    w4a16_linear_silu_mul,
+)
 from accel.runtime.norm_ops import add_rms_norm, rms_norm
 from accel.runtime.packing import pack_int32, packed_columns, unpack_int32
 from accel.runtime.rope_kv_ops import rotary_kv_cache_write
@@ -231,6 +236,16 @@ def _norm_fold_inputs(
     x = (h.float().cpu() * norm_weight.float()).to(device=device, dtype=dtype)
     ss = sum_of_squares(h.unflatten(-1, (parts, k // parts))).squeeze(-1)  # [m, parts]
     return (x, packed, scale, zero, group, ss, 1e-5)
+
+
+def _silu_mul_inputs(
+    gen: torch.Generator, device: str, dtype: torch.dtype, *, m: int, k: int, n: int, symmetric: bool, rms: bool
+) -> tuple[Any, ...]:
+    # the rms op's inputs (N even: gate and up halves), or with rms=False a plain x and no sums of squares
+    x, packed, scale, zero, group, ss, eps = _norm_fold_inputs(
+        gen, device, dtype, m=m, k=k, n=n, residual=False, symmetric=symmetric
+    )
+    return (x, packed, scale, zero, group, ss if rms else None, eps)
 
 
 def _residual_judged(out: tuple[torch.Tensor, ...], args: tuple[Any, ...]) -> torch.Tensor:
@@ -795,6 +810,18 @@ OPS: dict[str, OpSpec] = {
         atol=1e-2,
         doc="a W4A16 linear on x = h * (RMSNorm weight) scaled per row by 1 / sqrt(sum(ss) / K + eps), ss partial "
         "sums of h^2: rms_norm(h) @ W^T with the norm folded in (norm_fold_ops)",
+    ),
+    "w4a16_linear_silu_mul": OpSpec(
+        name="w4a16_linear_silu_mul",
+        reference=w4a16_linear_silu_mul,
+        # gate | up of 2 x 38 rows over K = 200 (groups of 64), after a folded norm; a decode row without one.
+        make_inputs=functools.partial(_silu_mul_inputs, m=5, k=200, n=76, symmetric=False, rms=True),
+        variants=(functools.partial(_silu_mul_inputs, m=1, k=512, n=256, symmetric=True, rms=False),),
+        # silu_and_mul's caveat on top of the linear's (another exp: a rare element one ulp of x's dtype away)
+        rtol=1e-2,
+        atol=1e-2,
+        doc="SwiGLU folded into the stacked gate | up W4A16 linear: silu(y[..., :I]) * y[..., I:] with y = x @ W^T, "
+        "or w4a16_linear_rms's y given partial sums of squares (norm_fold_ops)",
     ),
     "w4a16_sparse24_linear": OpSpec(
         name="w4a16_sparse24_linear",

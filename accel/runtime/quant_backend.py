@@ -210,16 +210,19 @@ class NormedActivation(NamedTuple):
 
 RESIDUAL_OP = "w4a16_linear_residual"
 RMS_OP = "w4a16_linear_rms"
+SILU_OP = "w4a16_linear_silu_mul"
+FOLD_OPS = (RESIDUAL_OP, RMS_OP, SILU_OP)
+FOLD_SIDES = ("residual", "rms", "silu")  # W4A16Linear.can_fold's names for them
 
 
 class W4A16Linear(RuntimeLinear):
     """4-bit weights packed once at load in compressed-tensors' pack-quantized layout (int32 [N, K/8]), scales
     [N, G] in the compute dtype, signed int8 zero points [N, G] or None; op w4a16_linear.
 
-    `folds` are the kernels of the norm-folding ops (w4a16_linear_residual, w4a16_linear_rms; norm_fold_ops) the
-    registry chose: this layer can finish a residual add and the next norm's weight in its epilogue
-    (`forward_residual`), and take a NormedActivation in place of x, where the backend that prepared its weights
-    runs them (`can_fold`)."""
+    `folds` are the kernels of the folding ops (w4a16_linear_residual, w4a16_linear_rms, w4a16_linear_silu_mul;
+    norm_fold_ops) the registry chose: this layer can finish a residual add and the next norm's weight in its
+    epilogue (`forward_residual`), take a NormedActivation in place of x, and (stacked gate | up) return SwiGLU's
+    silu(gate) * up (`forward_silu_mul`), where the backend that prepared its weights runs them (`can_fold`)."""
 
     op = "w4a16_linear"
 
@@ -233,7 +236,7 @@ class W4A16Linear(RuntimeLinear):
         bias: torch.Tensor | None,
         kernel: KernelChoice,
         kernel_kwargs: dict[str, Any] | None = None,
-        folds: tuple[KernelChoice | None, KernelChoice | None] = (None, None),
+        folds: tuple[KernelChoice | None, ...] = (None, None, None),
     ) -> None:
         super().__init__(in_features, weight_packed.shape[0], backend=kernel.backend)
         self.folds = folds
@@ -274,12 +277,25 @@ class W4A16Linear(RuntimeLinear):
         h, hw, ss = op.impl(x, *self._weights(), residual, norm_weight, **self.kernel_kwargs)
         return NormedActivation(hw, ss, eps), h
 
+    def forward_silu_mul(self, x: torch.Tensor | NormedActivation) -> torch.Tensor:
+        """silu(gate) * up of this stacked gate | up layer's output, in its epilogue (op w4a16_linear_silu_mul); x
+        plain or a NormedActivation; no bias (can_fold)."""
+        op = self.folds[2]
+        if op is None or self.bias is not None:
+            raise ValueError(f"{SILU_OP} has no kernel here, or this layer has a bias: use forward, then silu_and_mul")
+        if isinstance(x, NormedActivation):
+            return op.impl(x.x, *self._weights(), x.ss, x.eps, **self.kernel_kwargs)
+        return op.impl(x, *self._weights(), None, 0.0, **self.kernel_kwargs)
+
     def can_fold(self, side: str, rows: int | None = None) -> bool:
         """Whether this layer folds the norm after it ("residual": no bias, its kernel's backend runs
-        w4a16_linear_residual) or before it ("rms": w4a16_linear_rms) on the weights its backend prepared; with
-        `rows`, also whether that backend runs its own fused kernel for that many activation rows (its `accepts`)."""
-        choice = self.folds[0 if side == "residual" else 1]
-        if choice is None or choice.backend != self.kernel.backend or (side == "residual" and self.bias is not None):
+        w4a16_linear_residual), the norm before it ("rms": w4a16_linear_rms) or SwiGLU after it ("silu": no bias, an
+        even out_features; w4a16_linear_silu_mul) on the weights its backend prepared; with `rows`, also whether that
+        backend runs its own fused kernel for that many activation rows (its `accepts`)."""
+        choice = self.folds[FOLD_SIDES.index(side)]
+        if choice is None or choice.backend != self.kernel.backend:
+            return False
+        if (side != "rms" and self.bias is not None) or (side == "silu" and self.out_features % 2):
             return False
         if rows is None or choice.accepts is None:
             return True
@@ -649,7 +665,7 @@ def runtime_linear(module: nn.Module, kernels: KernelSelector, dtype: torch.dtyp
     scale, zero, group = _per_row_params(module, dtype)
     if fmt.module is W4A16Linear:
         packed = pack_int32(module.weight_q, 4)
-        folds = (kernels.choose(RESIDUAL_OP), kernels.choose(RMS_OP))
+        folds = tuple(kernels.choose(op) for op in FOLD_OPS)
         dense = W4A16Linear(packed, scale, zero, group, module.in_features, bias, kernel, folds=folds)
         return sparse24_linear(module, dense, kernels)
     return DequantLinear(module.weight_q, scale, zero, group, bias, kernel)

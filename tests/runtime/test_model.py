@@ -29,6 +29,7 @@ from accel.runtime.loaders import load_model
 from accel.runtime.model import (
     RANDOM_QUANT,
     DecoderModel,
+    FusedOp,
     ModelArgs,
     RMSNorm,
     from_hf,
@@ -487,6 +488,8 @@ def test_folded_norms_decode_as_the_unfused_model(dtype, quantize_lm_head, monke
     forward, add = RMSNorm.forward, RMSNorm.add
     monkeypatch.setattr(RMSNorm, "forward", lambda self, x: calls.append("norm") or forward(self, x))
     monkeypatch.setattr(RMSNorm, "add", lambda self, x, r: calls.append("add") or add(self, x, r))
+    fused_call = FusedOp.__call__
+    monkeypatch.setattr(FusedOp, "__call__", lambda self, *a: calls.append(self.op) or fused_call(self, *a))
 
     def steps(fold: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         runtime.fold_norms = fold
@@ -508,13 +511,18 @@ def test_folded_norms_decode_as_the_unfused_model(dtype, quantize_lm_head, monke
     for got, want in zip(folded + folded_hidden, unfused + unfused_hidden, strict=True):
         assert relative_error(got.float(), want.float()) < bound
     layers = runtime.args.num_layers
-    assert norms_unfused == ["norm"] + ["add"] * (2 * layers) + ["norm"] + ["add"] * (2 * layers)
-    # decode: the first input norm only (+ the final add-norm for a 16-bit head); decode_hidden keeps the final norm
+    norm_calls = [call for call in norms_unfused if call in ("norm", "add")]
+    assert norm_calls == ["norm"] + ["add"] * (2 * layers) + ["norm"] + ["add"] * (2 * layers)
+    assert norms_unfused.count("silu_and_mul") == 2 * layers
+    # decode: the first input norm only (+ the final add-norm for a 16-bit head); decode_hidden keeps the final norm;
+    # SwiGLU runs inside gate/up (w4a16_linear_silu_mul) in both
     head = [] if quantize_lm_head else ["add"]
-    assert norms_folded == ["norm", *head, "norm", "add"]
+    assert [call for call in norms_folded if call in ("norm", "add", "silu_and_mul")] == ["norm", *head, "norm", "add"]
     assert "w4a16_linear_rms" not in runtime.kernel_meta()
     runtime.fold_norms = True
-    assert runtime.kernel_meta()["w4a16_linear_rms"] == runtime.kernel_meta()["w4a16_linear_residual"] == "reference"
+    assert runtime.folds_silu()
+    meta = runtime.kernel_meta()
+    assert meta["w4a16_linear_rms"] == meta["w4a16_linear_residual"] == meta["w4a16_linear_silu_mul"] == "reference"
 
 
 def test_folding_needs_every_layer_to_fold():

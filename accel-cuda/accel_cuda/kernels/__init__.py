@@ -26,6 +26,7 @@ __all__ = [
     "w4a16_linear",
     "w4a16_linear_residual",
     "w4a16_linear_rms",
+    "w4a16_linear_silu_mul",
     "w4a16_prepare",
     "w4a16_sparse24_linear",
     "w4a16_sparse24_prepare",
@@ -97,6 +98,22 @@ def w4a16_linear_rms(
 ) -> torch.Tensor:
     """W4A16 linear with RMSNorm's per-row scale (accel_cuda.kernels.norm_fold), imported on first call."""
     from accel_cuda.kernels.norm_fold import w4a16_linear_rms as impl
+
+    return impl(x, weight_packed, weight_scale, weight_zero_point, group_size, ss, eps, **kwargs)
+
+
+def w4a16_linear_silu_mul(
+    x: torch.Tensor,
+    weight_packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor | None,
+    group_size: int,
+    ss: torch.Tensor | None,
+    eps: float,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """W4A16 gate | up linear with SwiGLU in its epilogue (accel_cuda.kernels.norm_fold), imported on first call."""
+    from accel_cuda.kernels.norm_fold import w4a16_linear_silu_mul as impl
 
     return impl(x, weight_packed, weight_scale, weight_zero_point, group_size, ss, eps, **kwargs)
 

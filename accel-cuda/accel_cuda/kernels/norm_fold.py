@@ -1,12 +1,14 @@
-"""RMSNorm folded into the W4A16 decode GEMVs around it (ops w4a16_linear_residual, w4a16_linear_rms; the contract
-and the math are accel.runtime.norm_fold_ops').
+"""RMSNorm and SwiGLU folded into the W4A16 decode GEMVs around them (ops w4a16_linear_residual, w4a16_linear_rms,
+w4a16_linear_silu_mul; the contract and the math are accel.runtime.norm_fold_ops').
 
 Where w4a16_linear would run the TMA decode GEMV (w4a16_gemv_tma.py: Hopper, permuted words, symmetric, group 128,
 an M the table tuned, not one the tensor-core kernel is planned for), the fold is that GEMV's epilogue: the residual
 op adds the residual to its rows and stores h and h * w (its plan must be split 1, so one program owns each row
 tile) and each program's sum of h^2 over its rows; the rms op loads those N / block_n partial sums of its row
 before the K loop (so the load hides behind the pipeline) and scales its dot products by 1 / sqrt(sum / K + eps).
-Anywhere else both ops run w4a16_linear and finish in torch: the same results, the norm's launches not saved.
+The SwiGLU op's programs each take block_n / 2 gate rows and the up rows I below them (split 1) and store
+silu(gate) * up (act.py's expression). Anywhere else the ops run w4a16_linear and finish in torch (or the
+silu_and_mul kernel): the same results, the launches not saved.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from __future__ import annotations
 import torch
 
 from accel.runtime.norm_fold_ops import check_linear_residual, check_linear_rms, rms_scale, sum_of_squares
+from accel_cuda.kernels import silu_and_mul
 from accel_cuda.kernels import w4a16_gemv as gemv
 from accel_cuda.kernels import w4a16_gemv_tma as gemv_tma
 from accel_cuda.kernels import wxa16_tma_dot as tma_dot
 from accel_cuda.kernels.device import device_info
 from accel_cuda.kernels.w4a16 import _device_info, w4a16_linear
 
-__all__ = ["accepts", "fold_launch", "fold_plan", "w4a16_linear_residual", "w4a16_linear_rms"]
+__all__ = ["accepts", "fold_launch", "fold_plan", "w4a16_linear_residual", "w4a16_linear_rms", "w4a16_linear_silu_mul"]
 
 
 def fold_launch(
@@ -77,9 +80,17 @@ def accepts(
     *,
     permuted: bool = False,
 ) -> bool:
-    """KernelChoice.accepts for the two ops: the GEMV runs the fold (the residual op needs a split-1 launch)."""
+    """KernelChoice.accepts for the three ops: the GEMV runs the fold (the residual and SwiGLU epilogues need a
+    split-1 launch; SwiGLU's, gate and up tiles of block_n / 2 rows each)."""
     config = fold_launch(rows, dtype, device, weight_packed, weight_scale, weight_zero_point, group_size, permuted)
-    return config is not None and (op != "w4a16_linear_residual" or config.split == 1)
+    if config is None or op == "w4a16_linear_rms":
+        return config is not None
+    return config.split == 1 and (op != "w4a16_linear_silu_mul" or _silu_tiles(weight_packed.shape[0], config))
+
+
+def _silu_tiles(n: int, config: gemv_tma.TmaGemvConfig) -> bool:
+    """The SwiGLU epilogue's tiling: split 1, gate and up halves of block_n / 2 rows each."""
+    return config.split == 1 and config.block_n % 2 == 0 and n % 2 == 0 and (n // 2) % (config.block_n // 2) == 0
 
 
 def w4a16_linear_residual(
@@ -128,3 +139,30 @@ def w4a16_linear_rms(
         y = w4a16_linear(x, weight_packed, weight_scale, weight_zero_point, group_size, permuted=permuted)
         return (y.to(torch.float32) * rms_scale(ss, x.shape[-1], eps)).to(x.dtype)
     return gemv_tma.w4a16_tma_gemv(x, weight_packed, weight_scale, None, config=config, rms=(ss, eps))
+
+
+def w4a16_linear_silu_mul(
+    x: torch.Tensor,
+    weight_packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor | None,
+    group_size: int,
+    ss: torch.Tensor | None,
+    eps: float,
+    *,
+    permuted: bool = False,
+) -> torch.Tensor:
+    """silu(gate) * up of the stacked gate | up linear's output (scaled by the norm's r where ss is given), in the
+    GEMV's epilogue where fold_plan has a split-1 launch whose tiles halve (module docstring)."""
+    if ss is not None:
+        check_linear_rms(x, ss, eps)
+    config = fold_plan(x, weight_packed, weight_scale, weight_zero_point, group_size, permuted)
+    if config is None or not _silu_tiles(weight_packed.shape[0], config) or (ss is not None and not ss.is_contiguous()):
+        if ss is None:
+            y = w4a16_linear(x, weight_packed, weight_scale, weight_zero_point, group_size, permuted=permuted)
+        else:
+            y = w4a16_linear_rms(x, weight_packed, weight_scale, weight_zero_point, group_size, ss, eps,
+                                 permuted=permuted)
+        return silu_and_mul(y)
+    rms = None if ss is None else (ss, eps)
+    return gemv_tma.w4a16_tma_gemv(x, weight_packed, weight_scale, None, config=config, rms=rms, silu=True)

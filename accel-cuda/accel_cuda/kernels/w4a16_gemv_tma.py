@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from accel_cuda.kernels.act import _silu_and_mul
 from accel_cuda.kernels.pdl import pdl_enter, pdl_mode, pdl_release
 from accel_cuda.kernels.tuning import tuned_table
 from accel_cuda.kernels.w4a16_gemv import _DOT_WORD_TEMPLATE, _MAGIC, launch_geometry, write_rows
@@ -59,13 +60,32 @@ _DOT_CHAIN = {dtype: _dot_chain(dtype) for dtype in ("bf16", "fp16")}
 _CHAIN_CONSTRAINTS = "=f," + ",".join(["r"] * _CHAIN) + ",f," + ",".join(["l"] * (2 * _CHAIN))
 
 
+@triton.jit
+def _tile_step(w_desc, s_desc, z_desc, row0, g0, x0, x1, x2, x3, x4, x5, x6, x7,
+               HAS_ZP: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr, ASM: tl.constexpr,
+               CONSTRAINTS: tl.constexpr, MAGIC: tl.constexpr):
+    """One K step of rows row0 .. + BLOCK_N: their words' pair products with x's pairs x0..x7 (each [1, NG, 4
+    chains]) summed per chain, times the group scales: [BLOCK_N, NG, 4] float32."""
+    # words 4c + (0, 1, 2, 3) of each group's chain c: split the two minor bits of the word index off
+    even, odd = w_desc.load([row0, g0 * 16]).reshape(BLOCK_N, NG, 16 // CHAIN, 2, 2).split()
+    w0, w2 = even.split()
+    w1, w3 = odd.split()
+    s = s_desc.load([row0, g0]).to(tl.float32)
+    zf = z_desc.load([row0, g0]).to(tl.float32) if HAS_ZP else tl.full((BLOCK_N, NG), 8.0, tl.float32)  # 8 + zp
+    zb = tl.broadcast_to((zf + MAGIC)[:, :, None], (BLOCK_N, NG, 16 // CHAIN))
+    part = tl.inline_asm_elementwise(
+        ASM, CONSTRAINTS, [w0, w1, w2, w3, zb, x0, x1, x2, x3, x4, x5, x6, x7],
+        dtype=tl.float32, is_pure=True, pack=1)
+    return part * s[:, :, None]
+
+
 @triton.jit(do_not_specialize=["M", "G", "STEPS", "SPLIT"])
 def _gemv_tma_kernel(
     x_ptr, w_desc, s_desc, z_desc, out_ptr, ws_ptr, cnt_ptr, res_ptr, nw_ptr, hw_ptr, ss_ptr, P, eps,
     M, N, KW, G, STEPS, SPLIT,
     HAS_ZP: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr, SPLIT_P2: tl.constexpr, ASM: tl.constexpr,
     CONSTRAINTS: tl.constexpr, MAGIC: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
-    RESIDUAL: tl.constexpr, RMS: tl.constexpr, P_P2: tl.constexpr,
+    RESIDUAL: tl.constexpr, RMS: tl.constexpr, P_P2: tl.constexpr, SILU: tl.constexpr,
 ):
     pid_s = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -83,30 +103,31 @@ def _gemv_tma_kernel(
     gi = tl.arange(0, NG)
     ci = tl.arange(0, 16 // CHAIN)
     acc = tl.zeros((BLOCK_N, NG, 16 // CHAIN), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_N, NG, 16 // CHAIN), dtype=tl.float32)  # SILU: the up rows, N (= I) rows below
     for i in tl.range(STEPS, num_stages=STAGES):
         g0 = g_first + i * NG
-        # words 4c + (0, 1, 2, 3) of each group's chain c: split the two minor bits of the word index off
-        even, odd = w_desc.load([row0, g0 * 16]).reshape(BLOCK_N, NG, 16 // CHAIN, 2, 2).split()
-        w0, w2 = even.split()
-        w1, w3 = odd.split()
-        s = s_desc.load([row0, g0]).to(tl.float32)
-        zf = z_desc.load([row0, g0]).to(tl.float32) if HAS_ZP else tl.full((BLOCK_N, NG), 8.0, tl.float32)  # 8 + zp
-        zb = tl.broadcast_to((zf + MAGIC)[:, :, None], (BLOCK_N, NG, 16 // CHAIN))
         # word kw's activation pairs are x64[2 kw], x64[2 kw + 1]; chain c starts at word 16 g + 4 c
         xw = x_row + ((g0 + gi)[:, None] * 16 + ci[None, :] * CHAIN) * 2
-        part = tl.inline_asm_elementwise(
-            ASM, CONSTRAINTS,
-            [w0, w1, w2, w3, zb, tl.load(xw)[None], tl.load(xw + 1)[None], tl.load(xw + 2)[None],
-             tl.load(xw + 3)[None], tl.load(xw + 4)[None], tl.load(xw + 5)[None], tl.load(xw + 6)[None],
-             tl.load(xw + 7)[None]],
-            dtype=tl.float32, is_pure=True, pack=1)
-        acc += part * s[:, :, None]
+        x0, x1, x2, x3 = tl.load(xw)[None], tl.load(xw + 1)[None], tl.load(xw + 2)[None], tl.load(xw + 3)[None]
+        x4, x5, x6, x7 = tl.load(xw + 4)[None], tl.load(xw + 5)[None], tl.load(xw + 6)[None], tl.load(xw + 7)[None]
+        acc += _tile_step(w_desc, s_desc, z_desc, row0, g0, x0, x1, x2, x3, x4, x5, x6, x7,
+                          HAS_ZP, BLOCK_N, NG, ASM, CONSTRAINTS, MAGIC)
+        if SILU:
+            acc_up += _tile_step(w_desc, s_desc, z_desc, N + row0, g0, x0, x1, x2, x3, x4, x5, x6, x7,
+                                 HAS_ZP, BLOCK_N, NG, ASM, CONSTRAINTS, MAGIC)
     pdl_release(PDL)
     y = tl.sum(tl.sum(acc, axis=2), axis=1)
     if RMS:  # r = 1 / sqrt(sum(ss) / K + eps) times this row's dot products (linear: before or after split-K's sum)
-        y = y * tl.rsqrt(tl.sum(ss, axis=0) / (KW * 8) + eps)
-    if RESIDUAL:  # split 1 only: h = y (rounded as the linear's output) + residual, h * w of the next norm, and this
-        # program's partial sum of h^2 (of h as rounded) at column pid_n of ss [M, P = N / BLOCK_N]
+        r = tl.rsqrt(tl.sum(ss, axis=0) / (KW * 8) + eps)
+        y = y * r
+    if SILU:  # split 1 only: out = silu(gate) * up of the two tiles, each rounded first as the linear's output
+        dt = out_ptr.dtype.element_ty
+        up = tl.sum(tl.sum(acc_up, axis=2), axis=1)
+        if RMS:
+            up = up * r
+        tl.store(out_ptr + pid_m * N + rows, _silu_and_mul(y.to(dt), up.to(dt)))
+    elif RESIDUAL:  # split 1 only: h = y (rounded as the linear's output) + residual, h * w of the next norm, and
+        # this program's partial sum of h^2 (of h as rounded) at column pid_n of ss [M, P = N / BLOCK_N]
         dt = out_ptr.dtype.element_ty
         offs = pid_m * N + rows
         h = (y.to(dt).to(tl.float32) + res).to(dt)
@@ -165,6 +186,7 @@ def w4a16_tma_gemv(
     pdl: int | None = None,
     residual: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     rms: tuple[torch.Tensor, float] | None = None,
+    silu: bool = False,
 ) -> torch.Tensor:
     """y = x @ ((q - zp) * s)^T for group size 128 from permute_nibbles' words [N, K/8], scales [N, K/128] and,
     when asymmetric, 8 + zero point in the scales' dtype (None: symmetric); x [..., K] fp16/bf16. pdl: pdl.py's
@@ -173,7 +195,9 @@ def w4a16_tma_gemv(
     The norm folds (accel.runtime.norm_fold_ops), contiguous tensors: `residual` = (residual [..., N] and the next
     norm's weight [N] in x's dtype, hw_out [..., N], ss_out float32 [..., N / block_n]) returns h = y + residual,
     stores h * weight into hw_out and each program's sum of h^2 into ss_out (split 1 only); `rms` = (ss float32
-    [..., P], eps) scales each row's y by 1 / sqrt(sum(ss) / K + eps)."""
+    [..., P], eps) scales each row's y by 1 / sqrt(sum(ss) / K + eps). `silu` (SwiGLU folded in: N = 2I rows,
+    gate then up, split 1) returns silu(y[..., :I]) * y[..., I:] [..., I], each half rounded to x's dtype first as
+    silu_and_mul reads it; each program takes block_n / 2 gate rows and the up rows I below them."""
     k = x.shape[-1]
     n = weight_packed.shape[0]
     if not supports_tma(n, k, config):
@@ -181,15 +205,20 @@ def w4a16_tma_gemv(
     if residual is not None and (config.split != 1 or residual[3].shape[-1] != n // config.block_n):
         raise ValueError(f"w4a16_tma_gemv: the residual epilogue needs split 1 and ss_out [..., {n} / block_n], got "
                          f"{config} and {tuple(residual[3].shape)}")
+    if silu and (residual is not None or config.split != 1 or config.block_n % 2 or (n // 2) % (config.block_n // 2)):
+        raise ValueError(f"w4a16_tma_gemv: the SwiGLU epilogue needs split 1, no residual, and N / 2 = {n // 2} a "
+                         f"multiple of block_n / 2, got {config}")
+    out_n = n // 2 if silu else n
+    bn = config.block_n // 2 if silu else config.block_n
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k).contiguous()
     m = x2.shape[0]
-    result = torch.empty((*lead, n), dtype=x.dtype, device=x.device) if out is None else out
+    result = torch.empty((*lead, out_n), dtype=x.dtype, device=x.device) if out is None else out
     if m == 0:
         return result
     kw, groups = k // 8, k // 128
-    bn, ng = config.block_n, config.ng
-    steps, split, grid, _, ws, cnt = launch_geometry(kw, ng * 16, config.split, bn, m, n, result)
+    ng = config.ng
+    steps, split, grid, _, ws, cnt = launch_geometry(kw, ng * 16, config.split, bn, m, out_n, result)
     w_desc = TensorDescriptor.from_tensor(weight_packed, [bn, ng * 16])
     s_desc = TensorDescriptor.from_tensor(weight_scale, [bn, ng])
     z_desc = TensorDescriptor.from_tensor(zero_plus8, [bn, ng]) if zero_plus8 is not None else s_desc
@@ -202,10 +231,11 @@ def w4a16_tma_gemv(
     parts = ss.shape[-1] if residual is not None or rms is not None else 1
     _gemv_tma_kernel[grid](
         x2.view(torch.int64), w_desc, s_desc, z_desc, result, ws, cnt, res, nw, hw, ss, parts, eps,
-        m, n, kw, groups, steps, split,
+        m, out_n, kw, groups, steps, split,
         HAS_ZP=zero_plus8 is not None, BLOCK_N=bn, NG=ng, SPLIT_P2=1 << max(0, (split - 1).bit_length()),
         ASM=_DOT_CHAIN[dt], CONSTRAINTS=_CHAIN_CONSTRAINTS, MAGIC=_MAGIC[dt], STAGES=config.stages, PDL=pdl,
         RESIDUAL=residual is not None, RMS=rms is not None, P_P2=triton.next_power_of_2(parts) if rms else 1,
+        SILU=silu,
         num_warps=config.num_warps, launch_pdl=bool(pdl),
     )
     return result
