@@ -198,9 +198,10 @@ def test_decode_with_folded_norms_matches_the_unfused_step(quantize_lm_head, bat
         pytest.skip(f"no tuned TMA GEMV launch folds these shapes on {torch.cuda.get_device_name()}")
     meta = runtime.kernel_meta()
     assert meta["w4a16_linear_residual"] == meta["w4a16_linear_rms"] == meta["w4a16_linear_silu_mul"] == "cuda"
-    assert runtime.folds_silu(batch)
-
-    assert runtime.folds_norms(batch)
+    # batch 1 folds on the tuned shapes; at batch 2 a card's table may send a shape to the tensor-core kernel instead
+    # (the H200's does for some), and then the step runs unfused
+    folds = runtime.folds_silu(batch)
+    assert folds == runtime.folds_norms(batch) and (folds or batch > 1)
     prompts = torch.arange(1, 9, device="cuda").repeat(batch, 1) * torch.arange(1, batch + 1, device="cuda")[:, None]
 
     def steps(fold: bool) -> list[torch.Tensor]:
@@ -221,6 +222,8 @@ def test_decode_with_folded_norms_matches_the_unfused_step(quantize_lm_head, bat
         torch.cuda.synchronize()
     launches = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     norms = [name for name in launches if "_rms_norm_kernel" in name]
-    assert not [name for name in launches if "silu_and_mul" in name], launches  # SwiGLU inside gate/up
-    # the first layer's input norm, and the final one before a 16-bit lm_head
-    assert len(norms) == (1 if quantize_lm_head else 2), launches
+    swiglu = [name for name in launches if "silu_and_mul" in name]
+    if folds:  # SwiGLU inside gate/up; the norms left: the first layer's input norm, the final one before a bf16 head
+        assert not swiglu and len(norms) == (1 if quantize_lm_head else 2), launches
+    else:
+        assert len(swiglu) == 2 and len(norms) == 5, launches
