@@ -507,7 +507,8 @@ class DecoderModel(nn.Module):
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self._rope: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         # Decode steps with the norms folded into the W4A16 linears (norm_fold_ops): None decides by
-        # `folds_norms` (where a backend kernel runs the folding ops, unless ACCEL_FOLD_NORMS=0); True / False force.
+        # `folds_norms` (where a backend kernel runs the folding ops, unless ACCEL_FOLD_NORMS=0; SwiGLU's too unless
+        # ACCEL_FOLD_SILU=0); True / False force.
         self.fold_norms: bool | None = None
         self._folds_at: dict[int, tuple[bool, bool]] = {}  # _folds' answers per row count (the weights never change)
 
@@ -533,7 +534,9 @@ class DecoderModel(nn.Module):
                 and os.environ.get("ACCEL_FOLD_NORMS", "1") != "0"
                 and all(layer.can_fold(rows) for layer in self.layers)
             )
-            self._folds_at[rows] = (norms, norms and all(layer.can_fold_silu(rows) for layer in self.layers))
+            silu = os.environ.get("ACCEL_FOLD_SILU", "1") != "0"
+            silu = silu and all(layer.can_fold_silu(rows) for layer in self.layers)
+            self._folds_at[rows] = (norms, norms and silu)
         return self._folds_at[rows]
 
     @property
