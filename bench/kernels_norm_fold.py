@@ -137,6 +137,7 @@ def measure(name: str, producer_shape: tuple[int, int], consumer_shape: tuple[in
                             for p in planned),
     }
     row["saved_us"] = float(row["unfused_us"]) - float(row["folded_us"])  # type: ignore[arg-type]
+    row["speedup"] = float(row["unfused_us"]) / float(row["folded_us"])  # type: ignore[arg-type]
     return row
 
 
@@ -154,8 +155,8 @@ def main() -> None:
         rows.append(row)
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
         torch.cuda.empty_cache()
-    columns = ["case", "unfused_us", "folded_us", "saved_us", "producer_us", "producer_residual_us", "consumer_us",
-               "consumer_rms_us", "err_unfused", "err_folded", "plans"]
+    columns = ["case", "unfused_us", "folded_us", "saved_us", "speedup", "producer_us", "producer_residual_us",
+               "consumer_us", "consumer_rms_us", "err_unfused", "err_folded", "plans"]
     meta = {
         **environment(),
         "triton": triton.__version__,
@@ -166,10 +167,10 @@ def main() -> None:
     notes = (
         "unfused: w4a16_linear, add_rms_norm, w4a16_linear (+ silu_and_mul); folded: w4a16_linear_residual then "
         "w4a16_linear_rms (w4a16_linear_silu_mul with SwiGLU; accel.runtime.norm_fold_ops). producer / consumer: "
-        "each linear alone, plain (+ silu_and_mul) and with its fold (consumer_rms_us: with SwiGLU too). err: the "
-        "consumer's output against the float64 chain. plans: the TMA GEMV launches the folds run (producer / "
-        "consumer), fallback where none is planned. A decode step has 32 o -> gate/up and 31 down -> q/k/v pairs, "
-        "and one down -> lm_head where lm_head is int4."
+        "each linear alone, plain (+ silu_and_mul) and with its fold (consumer_rms_us: with SwiGLU too). speedup: "
+        "unfused / folded. err: the consumer's output against the float64 chain. plans: the TMA GEMV launches the "
+        "folds run (producer / consumer), fallback where none is planned. A decode step has 32 o -> gate/up and 31 "
+        "down -> q/k/v pairs, and one down -> lm_head where lm_head is int4."
     )
     write_results("kernels_norm_fold", f"RMSNorm folded into the W4A16 decode GEMVs on {props.name}, us per chain",
                   columns, rows, meta, notes)
