@@ -536,27 +536,21 @@ def test_folding_needs_every_layer_to_fold():
     assert not runtime.folds_norms()
 
 
-def test_folding_follows_the_backends_accepts() -> None:
-    """A third-party CPU backend serving the W4A16 op and both folding ops, whose KernelChoice.accepts says its fused
-    kernels run for one activation row only: the model folds its norms at batch 1 (the folding ops run, one norm
-    launch is left) and not at batch 2 (every norm runs, the folding ops do not)."""
+def _folding_runtime(
+    fold_ops: tuple[str, ...], accepts: Callable[..., bool], calls: list[str]
+) -> DecoderModel:
+    """A random W4A16 model on a third-party CPU backend serving the W4A16 op, `fold_ops`, the norms and SwiGLU
+    (core's references, each call's op recorded in `calls`), whose folding ops' KernelChoice.accepts is `accepts`."""
     import dataclasses
 
     from accel.plugins.hookspecs import hookimpl
     from accel.runtime.ops import OPS
 
-    calls: list[str] = []
-
     def counted(op: str) -> Callable[..., Any]:
         return lambda *args: calls.append(op) or OPS[op].reference(*args)
 
-    fold_ops = ("w4a16_linear_residual", "w4a16_linear_rms")
-    kernels = {op: counted(op) for op in ("w4a16_linear", *fold_ops, "rms_norm", "add_rms_norm")}
-    asked: list[int] = []
-
-    def accepts(rows: int, dtype: torch.dtype, device: torch.device, *weights: Any, **kwargs: Any) -> bool:
-        asked.append(rows)
-        return rows == 1
+    served = ("w4a16_linear", *fold_ops, "rms_norm", "add_rms_norm", "silu_and_mul")
+    kernels = {op: counted(op) for op in served}
 
     class FoldingPlugin(BackendPlugin):
         @hookimpl
@@ -572,22 +566,65 @@ def test_folding_follows_the_backends_accepts() -> None:
     )
     registry = load_registry(PluginPolicy())
     registry.manager.register(FoldingPlugin(spec), name="foldcpu")
-    runtime = random_model(small(LlamaConfig), dtype=torch.float32, quant="w4a16", group_size=32, registry=registry)
+    return random_model(small(LlamaConfig), dtype=torch.float32, quant="w4a16", group_size=32, registry=registry)
+
+
+def _decode_calls(runtime: DecoderModel, batch: int, calls: list[str]) -> list[str]:
+    cache = runtime.new_cache(batch, 16)
+    with torch.no_grad():
+        runtime.prefill(torch.ones(batch, 3, dtype=torch.int64), torch.full((batch,), 3), cache)
+        calls.clear()
+        runtime.decode(torch.ones(batch, 1, dtype=torch.int64), cache)
+    return list(calls)
+
+
+def test_folding_follows_the_backends_accepts() -> None:
+    """A third-party CPU backend serving the W4A16 op and the norm-folding ops, whose KernelChoice.accepts says its
+    fused kernels run for one activation row only: the model folds its norms at batch 1 (the folding ops run, one
+    norm launch is left) and not at batch 2 (every norm runs, the folding ops do not); SwiGLU, which it does not
+    serve folded, runs on its own."""
+    calls: list[str] = []
+    asked: list[int] = []
+
+    def accepts(rows: int, dtype: torch.dtype, device: torch.device, *weights: Any, **kwargs: Any) -> bool:
+        asked.append(rows)
+        return rows == 1
+
+    fold_ops = ("w4a16_linear_residual", "w4a16_linear_rms")
+    runtime = _folding_runtime(fold_ops, accepts, calls)
     assert runtime.kernel_meta()["w4a16_linear"] == "foldcpu"
-    assert runtime.folds_norms(1) and not runtime.folds_norms(2)
+    assert runtime.folds_norms(1) and not runtime.folds_norms(2) and not runtime.folds_silu(1)
     assert set(asked) == {1, 2}
     layers = runtime.args.num_layers
     for batch, folds in ((1, True), (2, False)):
-        cache = runtime.new_cache(batch, 16)
-        with torch.no_grad():
-            runtime.prefill(torch.ones(batch, 3, dtype=torch.int64), torch.full((batch,), 3), cache)
-            calls.clear()
-            runtime.decode(torch.ones(batch, 1, dtype=torch.int64), cache)
-        norms = calls.count("rms_norm") + calls.count("add_rms_norm")
+        seen = _decode_calls(runtime, batch, calls)
+        norms = seen.count("rms_norm") + seen.count("add_rms_norm")
+        assert seen.count("silu_and_mul") == layers
         if folds:
             # left: the first input norm and the final one (16-bit lm_head); folded: every o and down but the last
             # down (its residual goes to the final norm), every gate/up and q/k/v but the first layer's
             assert norms == 2
-            assert calls.count("w4a16_linear_residual") == calls.count("w4a16_linear_rms") == 2 * layers - 1
+            assert seen.count("w4a16_linear_residual") == seen.count("w4a16_linear_rms") == 2 * layers - 1
         else:
-            assert norms == 2 * layers + 1 and not any(op in calls for op in fold_ops)
+            assert norms == 2 * layers + 1 and not any(op in seen for op in fold_ops)
+
+
+@pytest.mark.parametrize("silu_env", [None, "0"])
+def test_swiglu_folds_into_gate_up_where_served(silu_env, monkeypatch) -> None:
+    """The same backend serving w4a16_linear_silu_mul too: each layer's gate/up returns SwiGLU's output itself (no
+    silu_and_mul launch; after the first layer it also applies the norm's scale), unless ACCEL_FOLD_SILU=0."""
+    if silu_env is not None:
+        monkeypatch.setenv("ACCEL_FOLD_SILU", silu_env)
+    calls: list[str] = []
+    fold_ops = ("w4a16_linear_residual", "w4a16_linear_rms", "w4a16_linear_silu_mul")
+    runtime = _folding_runtime(fold_ops, lambda rows, *args, **kwargs: rows == 1, calls)
+    layers = runtime.args.num_layers
+    seen = _decode_calls(runtime, 1, calls)
+    assert runtime.folds_norms(1)
+    if silu_env is None:
+        assert runtime.folds_silu(1) and runtime.kernel_meta()["w4a16_linear_silu_mul"] == "foldcpu"
+        assert "silu_and_mul" not in seen and seen.count("w4a16_linear_silu_mul") == layers
+        assert seen.count("w4a16_linear_rms") == layers - 1  # the q/k/v of every layer but the first
+    else:
+        assert not runtime.folds_silu(1) and "w4a16_linear_silu_mul" not in runtime.kernel_meta()
+        assert seen.count("silu_and_mul") == layers and "w4a16_linear_silu_mul" not in seen
