@@ -2,7 +2,7 @@
 
 The kernel table holds the Triton kernels (when Triton is installed): W4A16 and W8A16 (dequant_linear) linear (W4A16
 also with the RMSNorm after / before it and SwiGLU folded in: w4a16_linear_residual, w4a16_linear_rms,
-w4a16_linear_silu_mul), int8
+w4a16_linear_silu_mul; RoPE and the 16-bit KV cache write in the q/k/v GEMV: w4a16_linear_rope_kv), int8
 and fp8 W8A8 linear, flash-decoding attention over the static KV cache and the fused write into it, RMSNorm, RoPE
 on q and k in one launch (and fused with the KV cache write: rotary_kv_cache_write), the residual add fused into
 RMSNorm (add_rms_norm), and SwiGLU's silu(gate) * up (silu_and_mul); the W8A8 activation quantization fused into the
@@ -23,7 +23,7 @@ from accel_cuda.platform import CudaPlatform
 
 BACKEND = "cuda"
 # Ops that run their fused GEMV only where it is planned (KernelChoice.accepts), a correct fallback elsewhere.
-FOLD_OPS = ("w4a16_linear_residual", "w4a16_linear_rms", "w4a16_linear_silu_mul")
+FOLD_OPS = ("w4a16_linear_residual", "w4a16_linear_rms", "w4a16_linear_silu_mul", "w4a16_linear_rope_kv")
 
 
 def kernels() -> dict[str, Callable[..., Any]]:
@@ -46,6 +46,7 @@ def kernels() -> dict[str, Callable[..., Any]]:
         w4a16_linear,
         w4a16_linear_residual,
         w4a16_linear_rms,
+        w4a16_linear_rope_kv,
         w4a16_linear_silu_mul,
         w4a16_sparse24_linear,
         w8a8_int8_linear,
@@ -60,6 +61,7 @@ def kernels() -> dict[str, Callable[..., Any]]:
         "w4a16_linear_residual": w4a16_linear_residual,
         "w4a16_linear_rms": w4a16_linear_rms,
         "w4a16_linear_silu_mul": w4a16_linear_silu_mul,
+        "w4a16_linear_rope_kv": w4a16_linear_rope_kv,
         "w4a16_sparse24_linear": w4a16_sparse24_linear,
         "w8a8_int8_linear": w8a8_int8_linear,
         "fp8_linear": fp8_linear,
@@ -84,8 +86,8 @@ def accel_register_kernel_backends() -> list[KernelBackendSpec]:
         KernelBackendSpec(
             name=BACKEND,
             description=(
-                "NVIDIA GPUs through PyTorch CUDA: Triton W4A16 (dense and 2:4-sparse; RMSNorm and SwiGLU folded into "
-                "the decode GEMVs around them), W8A16 and W8A8 (int8, fp8) "
+                "NVIDIA GPUs through PyTorch CUDA: Triton W4A16 (dense and 2:4-sparse; RMSNorm, SwiGLU, RoPE and "
+                "the 16-bit KV cache write folded into the decode GEMVs around them), W8A16 and W8A8 (int8, fp8) "
                 "linear, flash-decoding over the quantized KV cache and its fused quantize-and-write, fused RMSNorm, "
                 "fused RoPE (q and k in one launch; fused with the KV cache write at decode), fused residual add + "
                 "RMSNorm and SwiGLU silu-and-mul, W8A8 activation quantization fused into RMSNorm / add + RMSNorm / "
@@ -106,9 +108,11 @@ def accel_select_kernel(op: str, capability: CapabilityDescriptor) -> KernelChoi
     impl = kernels().get(op)
     if capability.device_type != CudaPlatform.device_type or impl is None:
         return None
-    from accel_cuda.kernels import norm_fold_accepts, w4a16_prepare, w4a16_sparse24_prepare
+    from accel_cuda.kernels import norm_fold_accepts, qkv_fold_accepts, w4a16_prepare, w4a16_sparse24_prepare
 
     prepare = {"w4a16_linear": w4a16_prepare, "w4a16_sparse24_linear": w4a16_sparse24_prepare}.get(op)
-    accepts = functools.partial(norm_fold_accepts, op) if op in FOLD_OPS else None
+    accepts = None
+    if op in FOLD_OPS:
+        accepts = qkv_fold_accepts if op == "w4a16_linear_rope_kv" else functools.partial(norm_fold_accepts, op)
     return KernelChoice(backend=BACKEND, op=op, impl=impl, reason="CUDA Triton kernel", prepare=prepare,
                         accepts=accepts)

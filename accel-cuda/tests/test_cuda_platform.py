@@ -103,7 +103,7 @@ KERNEL_OPS = {
     "dequant_linear",
     "w4a16_linear",
     "w4a16_linear_residual",
-    "w4a16_linear_rms",
+    "w4a16_linear_rms", "w4a16_linear_rope_kv",
     "w4a16_linear_silu_mul",
     "w4a16_sparse24_linear",
     "w8a8_int8_linear",

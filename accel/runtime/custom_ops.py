@@ -11,8 +11,8 @@ shape and dtype without running anything. The plain-Python references stay calla
 kv_cache_write returns nothing and declares the cache tensors it stores into as mutated (`mutates_args`), so
 torch.compile functionalizes it (auto_functionalize) instead of treating it as pure. Its scale and zero-point
 stores are Optional (None for formats without them): torch.library accepts Optional mutated tensors (schema
-`Tensor(a!)?`), so no placeholder tensors are needed. rotary_kv_cache_write declares the same stores mutated and
-returns the rotated q, a new tensor.
+`Tensor(a!)?`), so no placeholder tensors are needed. rotary_kv_cache_write and w4a16_linear_rope_kv (the q/k/v
+projection with it in the epilogue) declare the same stores mutated and return the rotated q, a new tensor.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ __all__ = [
     "w4a16_linear",
     "w4a16_linear_residual",
     "w4a16_linear_rms",
+    "w4a16_linear_rope_kv",
     "w4a16_linear_silu_mul",
     "w4a16_sparse24_linear",
     "w8a8_int8_linear",
@@ -167,6 +168,46 @@ def w4a16_linear_silu_mul(
 @w4a16_linear_silu_mul.register_fake
 def _(x, weight_packed, weight_scale, weight_zero_point, group_size, ss, eps):  # type: ignore[no-untyped-def]
     return x.new_empty((*x.shape[:-1], weight_packed.shape[0] // 2))
+
+
+@torch.library.custom_op(
+    "accel::w4a16_linear_rope_kv", mutates_args=("k_codes", "k_scale", "k_zero", "v_codes", "v_scale", "v_zero")
+)
+def w4a16_linear_rope_kv(
+    x: torch.Tensor,
+    weight_packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor | None,
+    group_size: int,
+    ss: torch.Tensor | None,
+    eps: float,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+    k_codes: torch.Tensor,
+    k_scale: torch.Tensor | None,
+    k_zero: torch.Tensor | None,
+    v_codes: torch.Tensor,
+    v_scale: torch.Tensor | None,
+    v_zero: torch.Tensor | None,
+    fmt: str,
+    num_heads: int,
+) -> torch.Tensor:
+    """accel.runtime.qkv_fold_ops.w4a16_linear_rope_kv (q rotated, a new tensor; rotated k and v stored in place), on
+    the selected kernel."""
+    impl = kernel_choice("w4a16_linear_rope_kv", x.device.type).impl
+    return impl(
+        x, weight_packed, weight_scale, weight_zero_point, group_size, ss, eps, cos, sin, positions,
+        k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, fmt, num_heads,
+    )
+
+
+@w4a16_linear_rope_kv.register_fake
+def _(  # type: ignore[no-untyped-def]
+    x, weight_packed, weight_scale, weight_zero_point, group_size, ss, eps, cos, sin, positions,
+    k_codes, k_scale, k_zero, v_codes, v_scale, v_zero, fmt, num_heads,
+):
+    return x.new_empty((*x.shape[:-1], num_heads, cos.shape[-1]))  # q rotated [B, T, H, D]
 
 
 @torch.library.custom_op("accel::w4a16_sparse24_linear", mutates_args=())

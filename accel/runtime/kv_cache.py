@@ -172,6 +172,11 @@ class StaticKVCache:
         positions = torch.arange(t, device=k.device).expand(b, t)  # [B, T], every row from position 0
         self.write(layer, k, v, positions)
 
+    def layer_stores(self, layer: int) -> tuple[torch.Tensor | None, ...]:
+        """The layer's K and V stores as the cache ops take them: (k_codes, k_scale, k_zero, v_codes, v_scale,
+        v_zero), for a producer that writes them itself (op w4a16_linear_rope_kv, the q/k/v linear's epilogue)."""
+        return (*self.keys[layer], *self.values[layer])
+
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
         """Store new K and V [B, kv_heads, T, head_dim] of row b at positions[b, :] ([B, T], each < max_seq: the
         caller checks, as a device-side check would need a host sync): one kv_cache_write call for K and V."""

@@ -52,6 +52,7 @@ from accel.runtime.kv_cache import ATTENTION_OP, ROTARY_WRITE_OP, WRITE_OP, Stat
 from accel.runtime.ops import OPS
 from accel.runtime.quant_backend import (
     FOLD_OPS,
+    ROPE_KV_OP,
     SCALED_MM_OP,
     DenseLinear,
     KernelSelector,
@@ -334,11 +335,12 @@ class Attention(nn.Module):
         cache: StaticKVCache,
         positions: torch.Tensor | None,
         seq_lens: torch.Tensor | None,
+        fold_rope: bool = False,
     ) -> torch.Tensor:
         """x [B, T, hidden] (or quantized: QuantizedActivation); cos/sin [B or 1, T, head_dim]. positions None: a
         prompt at 0 .. T - 1 (prefill); else positions [B, T] of the new tokens and seq_lens [B] the row lengths
         with them (decode)."""
-        return self.o_proj(self.attend(x, cos, sin, cache, positions, seq_lens))
+        return self.o_proj(self.attend(x, cos, sin, cache, positions, seq_lens, fold_rope))
 
     def attend(
         self,
@@ -348,9 +350,18 @@ class Attention(nn.Module):
         cache: StaticKVCache,
         positions: torch.Tensor | None,
         seq_lens: torch.Tensor | None,
+        fold_rope: bool = False,
     ) -> torch.Tensor:
-        """`forward` up to o_proj's input: the heads' outputs [B, T, heads * head_dim]."""
+        """`forward` up to o_proj's input: the heads' outputs [B, T, heads * head_dim]. `fold_rope` (decode, where
+        can_fold_rope): the q/k/v linear rotates q and k and stores k and v into the cache itself."""
         b, t = _rows_of(x).shape[:2]
+        if fold_rope and positions is not None:
+            assert seq_lens is not None and isinstance(cache, StaticKVCache)
+            q = _fold(self.qkv_proj).forward_rope_kv(
+                x, cos, sin, positions, cache.layer_stores(self.index), cache.kv_format, self.num_heads
+            )
+            out = cache.attend(self.index, q.transpose(1, 2), seq_lens, self.sm_scale)
+            return out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
         q, k, v = self.qkv_proj(x).split(self.sizes, dim=-1)
         q = q.view(b, t, self.num_heads, self.head_dim)  # [B, T, H, D]
         k = k.view(b, t, self.num_kv_heads, self.head_dim)  # [B, T, Hkv, D]
@@ -370,6 +381,15 @@ class Attention(nn.Module):
             q = cache.write_rotary(self.index, q, k, v, cos, sin, positions).transpose(1, 2)  # [B, H, T, D]
             out = cache.attend(self.index, q, seq_lens, self.sm_scale)
         return out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
+
+    def can_fold_rope(self, kv_format: str, rows: int | None = None) -> bool:
+        """Whether a decode step of `rows` tokens into a StaticKVCache of `kv_format` can run RoPE and the cache
+        write inside the q/k/v linear (attend's `fold_rope`): its backend runs w4a16_linear_rope_kv (for `rows`,
+        with its own fused kernel for that format and these heads)."""
+        qkv = self.qkv_proj
+        if not isinstance(qkv, W4A16Linear):
+            return False
+        return qkv.can_fold("rope", rows, kv_format=kv_format, head_dim=self.head_dim, num_heads=self.num_heads)
 
 
 class MLP(nn.Module):
@@ -422,6 +442,7 @@ class DecoderLayer(nn.Module):
         fold: bool = False,
         next_norm: RMSNorm | None = None,
         fold_silu: bool = False,
+        fold_rope: bool = False,
     ) -> tuple[Activation, torch.Tensor]:
         """(mlp out, h) with h = stream + attention(norm(stream)) and the stream x (residual None, the first layer)
         or x + residual; the layer's output is mlp out + h.
@@ -430,7 +451,8 @@ class DecoderLayer(nn.Module):
         o_proj adds the residual and applies the post-attention norm's weight, gate/up applies its scale; with
         `next_norm`, down_proj adds h and applies that norm's weight too, and the layer returns (the NormedActivation
         for the next layer or lm_head, its stream). x may be such a NormedActivation, from the layer before. With
-        `fold_silu` too (can_fold_silu), gate/up returns SwiGLU's silu(gate) * up itself."""
+        `fold_silu` too (can_fold_silu), gate/up returns SwiGLU's silu(gate) * up itself. `fold_rope` (decode,
+        Attention.can_fold_rope): q/k/v rotates q and k and writes the cache in its epilogue."""
         if isinstance(x, NormedActivation):
             normed: Activation = x
             assert residual is not None
@@ -440,10 +462,10 @@ class DecoderLayer(nn.Module):
             assert isinstance(x, torch.Tensor)
             normed, residual = self.input_layernorm.add(x, residual)
         if not fold:
-            attn = self.self_attn(normed, cos, sin, cache, positions, seq_lens)
+            attn = self.self_attn(normed, cos, sin, cache, positions, seq_lens, fold_rope)
             normed, residual = self.post_attention_layernorm.add(attn, residual)
             return self.mlp(normed), residual
-        attn = self.self_attn.attend(normed, cos, sin, cache, positions, seq_lens)
+        attn = self.self_attn.attend(normed, cos, sin, cache, positions, seq_lens, fold_rope)
         post = self.post_attention_layernorm
         normed, residual = _fold(self.self_attn.o_proj).forward_residual(attn, residual, post.weight, post.eps)
         gate_up = self.mlp.gate_up_proj
@@ -511,6 +533,11 @@ class DecoderModel(nn.Module):
         # ACCEL_FOLD_SILU=0); True / False force.
         self.fold_norms: bool | None = None
         self._folds_at: dict[int, tuple[bool, bool]] = {}  # _folds' answers per row count (the weights never change)
+        # Decode steps with RoPE and the KV cache write inside the q/k/v linears (qkv_fold_ops): None decides by
+        # `folds_rope` (a backend kernel runs it for the step's rows and cache, unless ACCEL_FOLD_ROPE=0); True /
+        # False force.
+        self.fold_rope: bool | None = None
+        self._rope_folds_at: dict[tuple[int, str], bool] = {}
 
     def folds_norms(self, rows: int = 1) -> bool:
         """Whether a decode step of `rows` tokens runs its norms inside the W4A16 linears: every layer can_fold, and
@@ -538,6 +565,27 @@ class DecoderModel(nn.Module):
             silu = silu and all(layer.can_fold_silu(rows) for layer in self.layers)
             self._folds_at[rows] = (norms, norms and silu)
         return self._folds_at[rows]
+
+    def folds_rope(self, rows: int, cache: object) -> bool:
+        """Whether a decode step of `rows` tokens into `cache` runs RoPE and the KV cache write inside the q/k/v
+        W4A16 linears: every layer's Attention.can_fold_rope, and (unless fold_rope forces it) a backend kernel, not
+        the reference, runs the op with its own fused kernel for that many rows and the cache's format."""
+        return isinstance(cache, StaticKVCache) and self._folds_rope(rows, cache.kv_format)
+
+    def _folds_rope(self, rows: int, kv_format: str) -> bool:
+        attns = [layer.self_attn for layer in self.layers]
+        if self.fold_rope is not None:
+            return self.fold_rope and bool(attns) and all(attn.can_fold_rope(kv_format) for attn in attns)
+        key = (rows, kv_format)
+        if key not in self._rope_folds_at:
+            qkv = attns[0].qkv_proj if attns else None
+            self._rope_folds_at[key] = (
+                isinstance(qkv, W4A16Linear)
+                and qkv.backend != "reference"
+                and os.environ.get("ACCEL_FOLD_ROPE", "1") != "0"
+                and all(attn.can_fold_rope(kv_format, rows) for attn in attns)
+            )
+        return self._rope_folds_at[key]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -633,7 +681,7 @@ class DecoderModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """decode's step; the final-normed hidden states too when `want_hidden` (else None where the final norm was
         folded into lm_head). The norms fold into the W4A16 linears where folds_norms(B * T) (batch 1 and 2 on the
-        tuned Hopper shapes)."""
+        tuned Hopper shapes), RoPE and the cache write into q/k/v where folds_rope."""
         b, t = tokens.shape
         rows = cache.rows(b)
         cos, sin = self._rope_tables(cache.max_seq)
@@ -643,14 +691,17 @@ class DecoderModel(nn.Module):
         cos, sin = cos[positions], sin[positions]  # [B, T, D]
         x: Activation = nn.functional.embedding(tokens, self.embed_weight)
         residual = None
-        fold, fold_silu = (False, False) if torch.compiler.is_compiling() else self._folds(b * t)
+        compiling = torch.compiler.is_compiling()
+        fold, fold_silu = (False, False) if compiling else self._folds(b * t)
+        fold_rope = not compiling and self.folds_rope(b * t, rows)
         head = self.lm_head
         head_folds = fold and not want_hidden and isinstance(head, W4A16Linear) and head.can_fold("rms", b * t)
         for i, layer in enumerate(self.layers):
             last = i == len(self.layers) - 1
             next_norm = (self.norm if head_folds else None) if last else self.layers[i + 1].input_layernorm
             x, residual = layer(
-                x, cos, sin, rows, positions, seq_lens, residual, fold, next_norm if fold else None, fold_silu
+                x, cos, sin, rows, positions, seq_lens, residual, fold, next_norm if fold else None, fold_silu,
+                fold_rope,
             )
         rows.seq_lens.copy_(seq_lens)
         if isinstance(x, NormedActivation):  # the final norm folded: lm_head applies it
@@ -690,6 +741,9 @@ class DecoderModel(nn.Module):
             folds = _fold(self.layers[0].self_attn.o_proj).folds
             for op, choice in zip(FOLD_OPS[: 3 if self.folds_silu() else 2], folds, strict=False):
                 seen[op] = {"reference" if choice is None else choice.backend}
+        if self._folds_rope(1, self.kv_format):  # batch-1 decode steps into the model's own cache format
+            choice = _fold(self.layers[0].self_attn.qkv_proj).folds[FOLD_OPS.index(ROPE_KV_OP)]
+            seen[ROPE_KV_OP] = {"reference" if choice is None else choice.backend}
         return {op: ",".join(sorted(backends)) for op, backends in sorted(seen.items())}
 
 

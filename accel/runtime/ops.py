@@ -28,6 +28,7 @@ from accel.runtime.norm_fold_ops import (
 )
 from accel.runtime.norm_ops import add_rms_norm, rms_norm
 from accel.runtime.packing import pack_int32, packed_columns, unpack_int32
+from accel.runtime.qkv_fold_ops import w4a16_linear_rope_kv
 from accel.runtime.rope_kv_ops import rotary_kv_cache_write
 from accel.runtime.rope_ops import rotary_embedding
 
@@ -668,6 +669,53 @@ def _rotary_kv_cache_write_observe(args: tuple[Any, ...]) -> torch.Tensor:
     return _dequantized_stores(*args[6:])
 
 
+def _linear_rope_kv_inputs(
+    gen: torch.Generator,
+    device: str,
+    dtype: torch.dtype,
+    *,
+    k: int,
+    group: int,
+    symmetric: bool,
+    rms: bool,
+    fmt: str,
+    new_tokens: int,
+    parts: int = 1,
+) -> tuple[Any, ...]:
+    # rotary_kv_cache_write's cache side (3 rows written into a store of 4, 2 KV heads, head_dim 96; ragged and, in
+    # row 2, backwards positions; stores already holding quantized data; a table per row at the positions written)
+    # under a stacked q | k | v W4A16 weight of (5 + 2 * 2) heads x 96 rows over K inputs (N = 864; groups of
+    # `group`, K = 200 leaving a partial last one), N(0, 1 / K) as a trained projection's, so y ~ N(0, 1) as a model's
+    # q / k / v are. rms: x = h * w of an h whose rows span 1e-2 .. 1e2 and h's sums of squares in `parts` partial
+    # sums (w4a16_linear_rms's inputs); else x rows of 1e-1 .. 1e0 (an already normed stream) and ss None.
+    k_new, _, positions, *stores, _ = _kv_cache_write_inputs(gen, device, dtype, fmt=fmt, new_tokens=new_tokens)
+    b, hkv, t, d = k_new.shape
+    heads = 5
+    n = (heads + 2 * hkv) * d
+    weight = torch.randn(n, k, generator=gen) / math.sqrt(k)
+    qw = quantize(weight, WeightQuantArgs(num_bits=4, symmetric=symmetric, strategy="group", group_size=group))
+    packed = pack_int32(qw.q, 4).to(device)
+    scale = qw.scale.to(device=device, dtype=dtype)
+    zero = None if symmetric else qw.zero_point.to(device)  # type: ignore[union-attr]
+    cos, sin = (table.to(device=device, dtype=dtype) for table in _rope_angles(positions.cpu(), d))
+    if rms:
+        h = torch.randn(b, t, k, generator=gen) * torch.logspace(-2, 2, b * t).reshape(b, t, 1)
+        norm_weight = 1.0 + 0.5 * torch.randn(k, generator=gen)
+        h = h.to(dtype)
+        x = (h.float() * norm_weight.to(dtype).float()).to(device=device, dtype=dtype)
+        ss = sum_of_squares(h.unflatten(-1, (parts, k // parts))).squeeze(-1).to(device)  # [B, T, parts]
+    else:
+        x = (torch.randn(b, t, k, generator=gen) * torch.logspace(-1, 0, b * t).reshape(b, t, 1)).to(device, dtype)
+        ss = None
+    return (x, packed, scale, zero, group, ss, 1e-5, cos, sin, positions, *stores, fmt, heads)
+
+
+def _linear_rope_kv_observe(args: tuple[Any, ...]) -> torch.Tensor:
+    """The whole K and V stores after the write, dequantized: [2, B', Hkv, S, D] float32 (the rotated q, which the op
+    returns, comes before it: OpSpec.result)."""
+    return _dequantized_stores(*args[10:17])
+
+
 def _kv_format_variants(make_inputs: Callable[..., tuple[Any, ...]], new_tokens: int) -> tuple[InputMaker, ...]:
     """A KV cache op's variants: make_inputs in every KV format at T = 1 and T = new_tokens, but ("none", T = 1), the
     op's make_inputs."""
@@ -926,6 +974,33 @@ OPS: dict[str, OpSpec] = {
         doc="RoPE on q and k fused with the KV cache write: returns q rotated, stores rotated k and v (none/int8/fp8/"
         "int4) at their positions of a static KV cache, in place",
         observe=_rotary_kv_cache_write_observe,
+    ),
+    "w4a16_linear_rope_kv": OpSpec(
+        name="w4a16_linear_rope_kv",
+        reference=w4a16_linear_rope_kv,
+        # A verification step (T = 3) after a folded norm, asymmetric over K = 200 in groups of 64; a decode step
+        # (T = 1) without one, symmetric over K = 512 in groups of 128; a decode step into an int8 cache (a backend's
+        # path for a quantized cache, its fallback included), the sums of squares in 8 partial sums.
+        make_inputs=functools.partial(
+            _linear_rope_kv_inputs, k=200, group=64, symmetric=False, rms=True, fmt="none", new_tokens=3
+        ),
+        variants=(
+            functools.partial(
+                _linear_rope_kv_inputs, k=512, group=128, symmetric=True, rms=False, fmt="none", new_tokens=1
+            ),
+            functools.partial(
+                _linear_rope_kv_inputs, k=200, group=64, symmetric=False, rms=True, fmt="int8", new_tokens=1, parts=8
+            ),
+        ),
+        # The linear's tolerance: a kernel accumulates x @ W^T in its own order, so a rare element of y rounds to the
+        # neighbouring value of x's dtype before RoPE (and moves its int8 code by at most one, ~1% of its token's
+        # largest); y ~ 1 keeps that ulp under atol where a rotation cancels.
+        rtol=1e-2,
+        atol=1e-2,
+        doc="the q | k | v W4A16 linear (optionally after a folded RMSNorm) with RoPE and the KV cache write in its "
+        "epilogue: returns q rotated, stores rotated k and v (none/int8/fp8/int4) at their positions of a static KV "
+        "cache, in place (qkv_fold_ops)",
+        observe=_linear_rope_kv_observe,
     ),
     "add_rms_norm": OpSpec(
         name="add_rms_norm",

@@ -211,8 +211,9 @@ class NormedActivation(NamedTuple):
 RESIDUAL_OP = "w4a16_linear_residual"
 RMS_OP = "w4a16_linear_rms"
 SILU_OP = "w4a16_linear_silu_mul"
-FOLD_OPS = (RESIDUAL_OP, RMS_OP, SILU_OP)
-FOLD_SIDES = ("residual", "rms", "silu")  # W4A16Linear.can_fold's names for them
+ROPE_KV_OP = "w4a16_linear_rope_kv"
+FOLD_OPS = (RESIDUAL_OP, RMS_OP, SILU_OP, ROPE_KV_OP)
+FOLD_SIDES = ("residual", "rms", "silu", "rope")  # W4A16Linear.can_fold's names for them
 
 
 class W4A16Linear(RuntimeLinear):
@@ -220,9 +221,11 @@ class W4A16Linear(RuntimeLinear):
     [N, G] in the compute dtype, signed int8 zero points [N, G] or None; op w4a16_linear.
 
     `folds` are the kernels of the folding ops (w4a16_linear_residual, w4a16_linear_rms, w4a16_linear_silu_mul;
-    norm_fold_ops) the registry chose: this layer can finish a residual add and the next norm's weight in its
-    epilogue (`forward_residual`), take a NormedActivation in place of x, and (stacked gate | up) return SwiGLU's
-    silu(gate) * up (`forward_silu_mul`), where the backend that prepared its weights runs them (`can_fold`)."""
+    norm_fold_ops; w4a16_linear_rope_kv, qkv_fold_ops) the registry chose: this layer can finish a residual add and
+    the next norm's weight in its epilogue (`forward_residual`), take a NormedActivation in place of x, (stacked
+    gate | up) return SwiGLU's silu(gate) * up (`forward_silu_mul`) and (stacked q | k | v) rotate q and k and store
+    k and v into the KV cache (`forward_rope_kv`), where the backend that prepared its weights runs them
+    (`can_fold`)."""
 
     op = "w4a16_linear"
 
@@ -236,7 +239,7 @@ class W4A16Linear(RuntimeLinear):
         bias: torch.Tensor | None,
         kernel: KernelChoice,
         kernel_kwargs: dict[str, Any] | None = None,
-        folds: tuple[KernelChoice | None, ...] = (None, None, None),
+        folds: tuple[KernelChoice | None, ...] = (None, None, None, None),
     ) -> None:
         super().__init__(in_features, weight_packed.shape[0], backend=kernel.backend)
         self.folds = folds
@@ -287,12 +290,40 @@ class W4A16Linear(RuntimeLinear):
             return op.impl(x.x, *self._weights(), x.ss, x.eps, **self.kernel_kwargs)
         return op.impl(x, *self._weights(), None, 0.0, **self.kernel_kwargs)
 
-    def can_fold(self, side: str, rows: int | None = None) -> bool:
+    def forward_rope_kv(
+        self,
+        x: torch.Tensor | NormedActivation,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        positions: torch.Tensor,
+        stores: tuple[torch.Tensor | None, ...],
+        kv_format: str,
+        num_heads: int,
+    ) -> torch.Tensor:
+        """q rotated [B, T, H, D] of this stacked q | k | v layer's output, with k rotated and v stored at
+        `positions` of a layer's KV cache stores (k_codes, k_scale, k_zero, v_codes, v_scale, v_zero), in its
+        epilogue (op w4a16_linear_rope_kv); x [B, T, K] plain or a NormedActivation; no bias (can_fold)."""
+        op = self.folds[FOLD_SIDES.index("rope")]
+        if op is None or self.bias is not None:
+            raise ValueError(
+                f"{ROPE_KV_OP} has no kernel here, or this layer has a bias: use forward, then the cache's write_rotary"
+            )
+        if isinstance(x, NormedActivation):
+            xs, ss, eps = x.x, x.ss, x.eps
+        else:
+            xs, ss, eps = x, None, 0.0
+        return op.impl(xs, *self._weights(), ss, eps, cos, sin, positions, *stores, kv_format, num_heads,
+                       **self.kernel_kwargs)
+
+    def can_fold(self, side: str, rows: int | None = None, **context: Any) -> bool:
         """Whether this layer folds the norm after it ("residual": no bias, its kernel's backend runs
-        w4a16_linear_residual), the norm before it ("rms": w4a16_linear_rms) or SwiGLU after it ("silu": no bias, an
-        even out_features; w4a16_linear_silu_mul) on the weights its backend prepared; with `rows`, also whether that
-        backend runs its own fused kernel for that many activation rows (its `accepts`)."""
-        choice = self.folds[FOLD_SIDES.index(side)]
+        w4a16_linear_residual), the norm before it ("rms": w4a16_linear_rms), SwiGLU after it ("silu": no bias, an
+        even out_features; w4a16_linear_silu_mul) or RoPE and the KV cache write after it ("rope": no bias;
+        w4a16_linear_rope_kv) on the weights its backend prepared; with `rows`, also whether that backend runs its
+        own fused kernel for that many activation rows (its `accepts`, given `context`: for "rope" the cache's
+        kv_format, head_dim and num_heads)."""
+        index = FOLD_SIDES.index(side)
+        choice = self.folds[index] if index < len(self.folds) else None
         if choice is None or choice.backend != self.kernel.backend:
             return False
         if (side != "rms" and self.bias is not None) or (side == "silu" and self.out_features % 2):
@@ -300,7 +331,7 @@ class W4A16Linear(RuntimeLinear):
         if rows is None or choice.accepts is None:
             return True
         dtype, device = self.weight_scale.dtype, self.weight_packed.device
-        return choice.accepts(rows, dtype, device, *self._weights(), **self.kernel_kwargs)
+        return choice.accepts(rows, dtype, device, *self._weights(), **self.kernel_kwargs, **context)
 
     @classmethod
     def fuse(cls, parts: Sequence[RuntimeLinear]) -> RuntimeLinear | None:

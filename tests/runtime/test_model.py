@@ -549,7 +549,7 @@ def _folding_runtime(
     def counted(op: str) -> Callable[..., Any]:
         return lambda *args: calls.append(op) or OPS[op].reference(*args)
 
-    served = ("w4a16_linear", *fold_ops, "rms_norm", "add_rms_norm", "silu_and_mul")
+    served = ("w4a16_linear", *fold_ops, "rms_norm", "add_rms_norm", "silu_and_mul", "rotary_kv_cache_write")
     kernels = {op: counted(op) for op in served}
 
     class FoldingPlugin(BackendPlugin):
@@ -628,3 +628,65 @@ def test_swiglu_folds_into_gate_up_where_served(silu_env, monkeypatch) -> None:
     else:
         assert not runtime.folds_silu(1) and "w4a16_linear_silu_mul" not in runtime.kernel_meta()
         assert seen.count("silu_and_mul") == layers and "w4a16_linear_silu_mul" not in seen
+
+
+@pytest.mark.parametrize("rope_env", [None, "0"])
+def test_rope_and_the_cache_write_fold_into_qkv_where_served(rope_env, monkeypatch) -> None:
+    """A backend serving w4a16_linear_rope_kv whose accepts takes one row into a 16-bit cache: at batch 1 each
+    layer's q/k/v linear rotates q and k and writes the cache itself (no rotary_kv_cache_write call) with the logits
+    of the unfused step bit for bit (the reference is that chain); at batch 2, into an int8 cache, with
+    ACCEL_FOLD_ROPE=0 or fold_rope False it does not; the accepts saw the cache's format and the heads."""
+    if rope_env is not None:
+        monkeypatch.setenv("ACCEL_FOLD_ROPE", rope_env)
+    calls: list[str] = []
+    asked: list[tuple[int, str, int, int]] = []
+
+    def accepts(rows: int, *args: Any, kv_format: str = "", head_dim: int = 0, num_heads: int = 0, **kw: Any) -> bool:
+        asked.append((rows, kv_format, head_dim, num_heads))
+        return rows == 1 and kv_format == "none"
+
+    runtime = _folding_runtime(("w4a16_linear_rope_kv",), accepts, calls)
+    layers, args = runtime.args.num_layers, runtime.args
+    folds = rope_env is None
+    assert runtime.folds_rope(1, runtime.new_cache(1, 16)) == folds
+    assert not runtime.folds_rope(2, runtime.new_cache(2, 16))
+    assert not runtime.folds_rope(1, runtime.new_cache(1, 16, kv_format="int8"))
+    if folds:
+        assert {(1, fmt, args.head_dim, args.num_heads) for fmt in ("none", "int8")} <= set(asked)
+        assert runtime.kernel_meta()["w4a16_linear_rope_kv"] == "foldcpu"
+    else:
+        assert "w4a16_linear_rope_kv" not in runtime.kernel_meta()
+    seen = _decode_calls(runtime, 1, calls)
+    assert seen.count("w4a16_linear_rope_kv") == (layers if folds else 0)
+    assert seen.count("rotary_kv_cache_write") == (0 if folds else layers)
+    seen = _decode_calls(runtime, 2, calls)
+    assert "w4a16_linear_rope_kv" not in seen and seen.count("rotary_kv_cache_write") == layers
+
+    def logits(fold: bool | None) -> list[torch.Tensor]:
+        runtime.fold_rope = fold
+        cache = runtime.new_cache(1, 16)
+        with torch.no_grad():
+            runtime.prefill(torch.tensor([[3, 1, 4, 1, 5]]), torch.tensor([5]), cache)
+            return [runtime.decode(torch.tensor([[tok]]), cache) for tok in (9, 2, 6)]
+
+    for got, want in zip(logits(None), logits(False), strict=True):
+        assert torch.equal(got, want)
+
+
+def test_forced_rope_fold_runs_the_reference_chain() -> None:
+    """fold_rope True on the reference backend (no accepts to ask): the op's reference runs in every layer's q/k/v,
+    with the unfused step's logits bit for bit; a paged-style cache (not a StaticKVCache) never folds."""
+    runtime = _fold_pair(torch.float32, quantize_lm_head=False)
+
+    def logits(fold: bool) -> list[torch.Tensor]:
+        runtime.fold_rope = fold
+        cache = runtime.new_cache(1, 16)
+        with torch.no_grad():
+            runtime.prefill(torch.tensor([[3, 1, 4, 1, 5]]), torch.tensor([5]), cache)
+            return [runtime.decode(torch.tensor([[tok]]), cache) for tok in (9, 2, 6)]
+
+    runtime.fold_rope = True
+    assert runtime.folds_rope(1, runtime.new_cache(1, 16)) and not runtime.folds_rope(1, object())
+    assert runtime.kernel_meta()["w4a16_linear_rope_kv"] == "reference"
+    for got, want in zip(logits(True), logits(False), strict=True):
+        assert torch.equal(got, want)

@@ -16,6 +16,7 @@ __all__ = [
     "fp8_linear",
     "kv_cache_write",
     "norm_fold_accepts",
+    "qkv_fold_accepts",
     "rms_norm",
     "rms_norm_quant",
     "rotary_embedding",
@@ -26,6 +27,7 @@ __all__ = [
     "w4a16_linear",
     "w4a16_linear_residual",
     "w4a16_linear_rms",
+    "w4a16_linear_rope_kv",
     "w4a16_linear_silu_mul",
     "w4a16_prepare",
     "w4a16_sparse24_linear",
@@ -123,6 +125,21 @@ def norm_fold_accepts(op: str, *args: Any, **kwargs: Any) -> bool:
     from accel_cuda.kernels.norm_fold import accepts
 
     return accepts(op, *args, **kwargs)
+
+
+def w4a16_linear_rope_kv(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """The q | k | v W4A16 linear with RoPE and the 16-bit KV cache write in its epilogue
+    (accel_cuda.kernels.qkv_fold; accel.runtime.qkv_fold_ops' arguments), imported on first call."""
+    from accel_cuda.kernels.qkv_fold import w4a16_linear_rope_kv as impl
+
+    return impl(*args, **kwargs)
+
+
+def qkv_fold_accepts(*args: Any, **kwargs: Any) -> bool:
+    """KernelChoice.accepts of w4a16_linear_rope_kv (accel_cuda.kernels.qkv_fold.accepts), imported on first call."""
+    from accel_cuda.kernels.qkv_fold import accepts
+
+    return accepts(*args, **kwargs)
 
 
 def w4a16_prepare(

@@ -29,7 +29,7 @@ from accel_cuda.kernels.pdl import pdl_enter, pdl_mode, pdl_release
 from accel_cuda.kernels.tuning import tuned_table
 from accel_cuda.kernels.w4a16_gemv import _DOT_WORD_TEMPLATE, _MAGIC, launch_geometry, write_rows
 
-__all__ = ["TmaGemvConfig", "supports_tma", "tma_plan", "w4a16_tma_gemv"]
+__all__ = ["RopeKV", "TmaGemvConfig", "rope_tiles", "supports_tma", "tma_plan", "w4a16_tma_gemv"]
 
 
 _CHAIN = 4  # words per half-precision accumulation chain
@@ -79,17 +79,57 @@ def _tile_step(w_desc, s_desc, z_desc, row0, g0, x0, x1, x2, x3, x4, x5, x6, x7,
     return part * s[:, :, None]
 
 
+@triton.jit
+def _rope_kv_epilogue(y1, y2, cos1, cos2, sin1, sin2, pos, q_ptr, kc_ptr, vc_ptr, m, b, head, cols, S, H, HKV,
+                      stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs, HALF: tl.constexpr):
+    """One token's columns `cols` and cols + HALF of head `head` of the fused q | k | v output (y1, y2 float32):
+    rounded to the output's dtype as the linear's output is, q and k heads rotated as rope._rotate_heads rotates
+    (each product rounded, then the sum), q stored into q_ptr [M, H, 2 HALF], k and v into the 16-bit cache at
+    (b, head, pos); a position outside [0, S) is skipped, as kv_write.py skips it."""
+    dt = q_ptr.dtype.element_ty
+    x1 = y1.to(dt).to(tl.float32)
+    x2 = y2.to(dt).to(tl.float32)
+    if head < H + HKV:
+        out1 = (x1 * cos1).to(dt).to(tl.float32) - (x2 * sin1).to(dt).to(tl.float32)
+        out2 = (x2 * cos2).to(dt).to(tl.float32) + (x1 * sin2).to(dt).to(tl.float32)
+    else:
+        out1 = x1
+        out2 = x2
+    if head < H:
+        dst = q_ptr + (m * H + head) * 2 * HALF + cols
+        tl.store(dst, out1.to(dt))
+        tl.store(dst + HALF, out2.to(dt))
+    else:
+        ok = (pos >= 0) & (pos < S)
+        at = tl.where(ok, pos, 0)
+        if head < H + HKV:
+            dst = kc_ptr + b * stride_kb + (head - H) * stride_kh + at * stride_ks + cols
+        else:
+            dst = vc_ptr + b * stride_vb + (head - H - HKV) * stride_vh + at * stride_vs + cols
+        tl.store(dst, out1.to(dt), mask=ok & (cols >= 0))
+        tl.store(dst + HALF, out2.to(dt), mask=ok & (cols >= 0))
+
+
 @triton.jit(do_not_specialize=["M", "G", "STEPS", "SPLIT"])
 def _gemv_tma_kernel(
     x_ptr, w_desc, s_desc, z_desc, out_ptr, ws_ptr, cnt_ptr, res_ptr, nw_ptr, hw_ptr, ss_ptr, P, eps,
+    cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, T, S, H, HKV, stride_cb, stride_ct, stride_pb, stride_pt,
+    stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
     M, N, KW, G, STEPS, SPLIT,
     HAS_ZP: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr, SPLIT_P2: tl.constexpr, ASM: tl.constexpr,
     CONSTRAINTS: tl.constexpr, MAGIC: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
-    RESIDUAL: tl.constexpr, RMS: tl.constexpr, P_P2: tl.constexpr, SILU: tl.constexpr,
+    RESIDUAL: tl.constexpr, RMS: tl.constexpr, P_P2: tl.constexpr, SILU: tl.constexpr, HALF: tl.constexpr,
 ):
     pid_s = tl.program_id(1)
     pid_m = tl.program_id(2)
-    row0 = tl.program_id(0) * BLOCK_N
+    if HALF:  # ROPE: rows i and i + HALF of one head, BLOCK_N of each (HALF / BLOCK_N programs a head)
+        head = tl.program_id(0) // (HALF // BLOCK_N)
+        col0 = (tl.program_id(0) % (HALF // BLOCK_N)) * BLOCK_N
+        row0 = head * 2 * HALF + col0
+        row_b = row0 + HALF
+    else:
+        row0 = tl.program_id(0) * BLOCK_N
+        row_b = N + row0  # SILU: the up rows, I rows below the gate rows
     rows = row0 + tl.arange(0, BLOCK_N)
     x_row = x_ptr + pid_m * 2 * KW
     g_first = pid_s * STEPS * NG
@@ -100,10 +140,19 @@ def _gemv_tma_kernel(
     if RESIDUAL:  # the epilogue's operands, likewise loaded ahead (the norm weight comes from device memory)
         res = tl.load(res_ptr + pid_m * N + rows).to(tl.float32)
         nw = tl.load(nw_ptr + rows).to(tl.float32)
+    if HALF:  # RoPE's operands, likewise: this token's cos / sin at the program's columns and its cache position
+        b = pid_m // T
+        t = pid_m % T
+        cols = col0 + tl.arange(0, BLOCK_N)
+        cos_row = cos_ptr + b * stride_cb + t * stride_ct
+        sin_row = sin_ptr + b * stride_cb + t * stride_ct
+        cos1, cos2 = tl.load(cos_row + cols).to(tl.float32), tl.load(cos_row + HALF + cols).to(tl.float32)
+        sin1, sin2 = tl.load(sin_row + cols).to(tl.float32), tl.load(sin_row + HALF + cols).to(tl.float32)
+        pos = tl.load(pos_ptr + b * stride_pb + t * stride_pt).to(tl.int64)
     gi = tl.arange(0, NG)
     ci = tl.arange(0, 16 // CHAIN)
     acc = tl.zeros((BLOCK_N, NG, 16 // CHAIN), dtype=tl.float32)
-    acc_up = tl.zeros((BLOCK_N, NG, 16 // CHAIN), dtype=tl.float32)  # SILU: the up rows, N (= I) rows below
+    acc_up = tl.zeros((BLOCK_N, NG, 16 // CHAIN), dtype=tl.float32)  # SILU / ROPE: the second tile's rows
     for i in tl.range(STEPS, num_stages=STAGES):
         g0 = g_first + i * NG
         # word kw's activation pairs are x64[2 kw], x64[2 kw + 1]; chain c starts at word 16 g + 4 c
@@ -112,20 +161,24 @@ def _gemv_tma_kernel(
         x4, x5, x6, x7 = tl.load(xw + 4)[None], tl.load(xw + 5)[None], tl.load(xw + 6)[None], tl.load(xw + 7)[None]
         acc += _tile_step(w_desc, s_desc, z_desc, row0, g0, x0, x1, x2, x3, x4, x5, x6, x7,
                           HAS_ZP, BLOCK_N, NG, ASM, CONSTRAINTS, MAGIC)
-        if SILU:
-            acc_up += _tile_step(w_desc, s_desc, z_desc, N + row0, g0, x0, x1, x2, x3, x4, x5, x6, x7,
+        if SILU or HALF:
+            acc_up += _tile_step(w_desc, s_desc, z_desc, row_b, g0, x0, x1, x2, x3, x4, x5, x6, x7,
                                  HAS_ZP, BLOCK_N, NG, ASM, CONSTRAINTS, MAGIC)
     pdl_release(PDL)
     y = tl.sum(tl.sum(acc, axis=2), axis=1)
     if RMS:  # r = 1 / sqrt(sum(ss) / K + eps) times this row's dot products (linear: before or after split-K's sum)
         r = tl.rsqrt(tl.sum(ss, axis=0) / (KW * 8) + eps)
         y = y * r
-    if SILU:  # split 1 only: out = silu(gate) * up of the two tiles, each rounded first as the linear's output
-        dt = out_ptr.dtype.element_ty
+    if SILU or HALF:
         up = tl.sum(tl.sum(acc_up, axis=2), axis=1)
         if RMS:
             up = up * r
+    if SILU:  # split 1 only: out = silu(gate) * up of the two tiles, each rounded first as the linear's output
+        dt = out_ptr.dtype.element_ty
         tl.store(out_ptr + pid_m * N + rows, _silu_and_mul(y.to(dt), up.to(dt)))
+    elif HALF:  # split 1 only: q / k rotated (rope.py's arithmetic on the linear's rounded outputs), k and v stored
+        _rope_kv_epilogue(y, up, cos1, cos2, sin1, sin2, pos, out_ptr, kc_ptr, vc_ptr, pid_m, b, head, cols, S, H,
+                          HKV, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs, HALF)
     elif RESIDUAL:  # split 1 only: h = y (rounded as the linear's output) + residual, h * w of the next norm, and
         # this program's partial sum of h^2 (of h as rounded) at column pid_n of ss [M, P = N / BLOCK_N]
         dt = out_ptr.dtype.element_ty
@@ -168,6 +221,50 @@ def tma_plan(m: int, n: int, k: int, device_name: str, capability: tuple[int, in
     return config if supports_tma(n, k, config) else None
 
 
+@dataclass(frozen=True)
+class RopeKV:
+    """The RoPE + 16-bit KV cache write epilogue's operands (op w4a16_linear_rope_kv): cos / sin [B or 1, T, D]
+    (the same strides, last dimension contiguous), positions [B, T], q_out [B, T, H, D] (contiguous, written),
+    k_cache / v_cache [B' >= B, Hkv, S, D] in x's dtype (last dimension contiguous, written at positions), H q heads.
+    The weight's rows are q | k | v: (H + 2 Hkv) D."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    positions: torch.Tensor
+    q_out: torch.Tensor
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    num_heads: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.cos.shape[-1]
+
+    @property
+    def tokens(self) -> int:
+        """T, tokens per batch row."""
+        return self.positions.shape[1]
+
+    def tiles(self, n: int, config: TmaGemvConfig) -> bool:
+        """Whether a launch of `config` runs this epilogue over n weight rows: split 1, half tiles of block_n / 2 rows
+        dividing D / 2, n = (H + 2 Hkv) D with Hkv the cache's heads."""
+        return rope_tiles(n, self.head_dim, self.num_heads, self.k_cache.shape[1], config)
+
+    @staticmethod
+    def unused(like: torch.Tensor) -> RopeKV:
+        """Placeholder operands for launches without the epilogue (never read)."""
+        cache = like.new_empty((1, 1, 1, 1))
+        table = like.new_empty((1, 1, 1))
+        return RopeKV(table, table, like.new_empty((1, 1), dtype=torch.int64), like, cache, cache, 0)
+
+
+def rope_tiles(n: int, head_dim: int, num_heads: int, kv_heads: int, config: TmaGemvConfig) -> bool:
+    """The RoPE epilogue's tiling (RopeKV.tiles): split 1, block_n / 2 rows dividing head_dim / 2, n = (H + 2 Hkv) D."""
+    half = config.block_n // 2
+    return (config.split == 1 and config.block_n % 2 == 0 and head_dim % 2 == 0 and half > 0
+            and (head_dim // 2) % half == 0 and kv_heads > 0 and n == (num_heads + 2 * kv_heads) * head_dim)
+
+
 def supports_tma(n: int, k: int, config: TmaGemvConfig) -> bool:
     """Full tiles only (no masks in this kernel), Hopper's TMA alignment (scale rows of 8 groups' bytes)."""
     groups = k // 128
@@ -187,6 +284,7 @@ def w4a16_tma_gemv(
     residual: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     rms: tuple[torch.Tensor, float] | None = None,
     silu: bool = False,
+    rope: RopeKV | None = None,
 ) -> torch.Tensor:
     """y = x @ ((q - zp) * s)^T for group size 128 from permute_nibbles' words [N, K/8], scales [N, K/128] and,
     when asymmetric, 8 + zero point in the scales' dtype (None: symmetric); x [..., K] fp16/bf16. pdl: pdl.py's
@@ -197,7 +295,10 @@ def w4a16_tma_gemv(
     stores h * weight into hw_out and each program's sum of h^2 into ss_out (split 1 only); `rms` = (ss float32
     [..., P], eps) scales each row's y by 1 / sqrt(sum(ss) / K + eps). `silu` (SwiGLU folded in: N = 2I rows,
     gate then up, split 1) returns silu(y[..., :I]) * y[..., I:] [..., I], each half rounded to x's dtype first as
-    silu_and_mul reads it; each program takes block_n / 2 gate rows and the up rows I below them."""
+    silu_and_mul reads it; each program takes block_n / 2 gate rows and the up rows I below them. `rope` (RoPE and
+    the 16-bit KV cache write folded in: the rows are q | k | v heads of head_dim D, split 1, block_n / 2 dividing
+    D / 2) returns q rotated [B, T, H, D] and stores k rotated and v into the cache (RopeKV); each program takes
+    block_n / 2 rows of a head's first half and the rows D / 2 below them, the pairs the rotation mixes."""
     k = x.shape[-1]
     n = weight_packed.shape[0]
     if not supports_tma(n, k, config):
@@ -208,12 +309,19 @@ def w4a16_tma_gemv(
     if silu and (residual is not None or config.split != 1 or config.block_n % 2 or (n // 2) % (config.block_n // 2)):
         raise ValueError(f"w4a16_tma_gemv: the SwiGLU epilogue needs split 1, no residual, and N / 2 = {n // 2} a "
                          f"multiple of block_n / 2, got {config}")
-    out_n = n // 2 if silu else n
-    bn = config.block_n // 2 if silu else config.block_n
+    if rope is not None and (residual is not None or silu or not rope.tiles(n, config)):
+        raise ValueError(f"w4a16_tma_gemv: the RoPE epilogue needs split 1, no other epilogue, and block_n / 2 "
+                         f"dividing head_dim / 2, got {config} for {n} rows of head_dim {rope.head_dim}")
+    halves = silu or rope is not None
+    out_n = n // 2 if halves else n
+    bn = config.block_n // 2 if halves else config.block_n
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k).contiguous()
     m = x2.shape[0]
-    result = torch.empty((*lead, out_n), dtype=x.dtype, device=x.device) if out is None else out
+    if rope is not None:
+        result = rope.q_out
+    else:
+        result = torch.empty((*lead, out_n), dtype=x.dtype, device=x.device) if out is None else out
     if m == 0:
         return result
     kw, groups = k // 8, k // 128
@@ -229,13 +337,18 @@ def w4a16_tma_gemv(
     if rms is not None:
         ss, eps = rms
     parts = ss.shape[-1] if residual is not None or rms is not None else 1
+    r = rope if rope is not None else RopeKV.unused(result)
+    kc, vc = r.k_cache, r.v_cache
     _gemv_tma_kernel[grid](
         x2.view(torch.int64), w_desc, s_desc, z_desc, result, ws, cnt, res, nw, hw, ss, parts, eps,
+        r.cos, r.sin, r.positions, kc, vc, r.tokens, kc.shape[2], r.num_heads, kc.shape[1],
+        r.cos.stride(0) if r.cos.shape[0] > 1 else 0, r.cos.stride(1), r.positions.stride(0), r.positions.stride(1),
+        kc.stride(0), kc.stride(1), kc.stride(2), vc.stride(0), vc.stride(1), vc.stride(2),
         m, out_n, kw, groups, steps, split,
         HAS_ZP=zero_plus8 is not None, BLOCK_N=bn, NG=ng, SPLIT_P2=1 << max(0, (split - 1).bit_length()),
         ASM=_DOT_CHAIN[dt], CONSTRAINTS=_CHAIN_CONSTRAINTS, MAGIC=_MAGIC[dt], STAGES=config.stages, PDL=pdl,
         RESIDUAL=residual is not None, RMS=rms is not None, P_P2=triton.next_power_of_2(parts) if rms else 1,
-        SILU=silu,
+        SILU=silu, HALF=rope.head_dim // 2 if rope is not None else 0,
         num_warps=config.num_warps, launch_pdl=bool(pdl),
     )
     return result
