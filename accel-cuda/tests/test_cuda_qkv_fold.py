@@ -99,7 +99,8 @@ def test_rope_epilogue_matches_float64(b, block_n, ng, stages, layout, dtype, rm
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_rope_epilogue_is_rope_kv_write_on_the_same_linear_output(dtype):
     """Bit for bit: the fused epilogue rounds the linear's output to x's dtype, then rotates as rope_kv_write.py does,
-    so fused == rope_kv_write(plain GEMV output) exactly."""
+    so fused == rope_kv_write(the plain GEMV's output) exactly, the plain GEMV launched with the fused one's tiles
+    (block_n / 2 rows: the same float32 reduction order per row)."""
     from accel_cuda.kernels.rope_kv_write import rotary_kv_cache_write
     from accel_cuda.kernels.w4a16_gemv_tma import RopeKV, TmaGemvConfig, w4a16_tma_gemv
 
@@ -110,7 +111,7 @@ def test_rope_epilogue_is_rope_kv_write_on_the_same_linear_output(dtype):
     q = w4a16_tma_gemv(x, words, scale, None, config=cfg,
                        rope=RopeKV(cos, sin, positions, torch.empty(2, 1, h, d, dtype=dtype, device="cuda"), k_cache,
                                    v_cache, h))
-    y = w4a16_tma_gemv(x, words, scale, None, config=cfg)
+    y = w4a16_tma_gemv(x, words, scale, None, config=TmaGemvConfig(block_n=16, ng=8, split=1, stages=3))
     qy, ky, vy = y.split([h * d, hkv * d, hkv * d], -1)
     q_ref = rotary_kv_cache_write(qy.view(2, 1, h, d), ky.view(2, 1, hkv, d), vy.view(2, 1, hkv, d), cos, sin,
                                   positions, k_ref, None, None, v_ref, None, None, "none")
