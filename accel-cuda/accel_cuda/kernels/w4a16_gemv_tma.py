@@ -80,6 +80,13 @@ def _tile_step(w_desc, s_desc, z_desc, row0, g0, x0, x1, x2, x3, x4, x5, x6, x7,
 
 
 @triton.jit
+def _mul_rn(a, b):
+    """a * b in float32, never contracted with what follows (PTX's mul.rn is exempt from fma contraction)."""
+    return tl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.float32, is_pure=True,
+                                     pack=1)
+
+
+@triton.jit
 def _rope_kv_epilogue(y1, y2, cos1, cos2, sin1, sin2, pos, q_ptr, kc_ptr, vc_ptr, m, b, head, cols, S, H, HKV,
                       stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs, HALF: tl.constexpr):
     """One token's columns `cols` and cols + HALF of head `head` of the fused q | k | v output (y1, y2 float32):
@@ -89,9 +96,9 @@ def _rope_kv_epilogue(y1, y2, cos1, cos2, sin1, sin2, pos, q_ptr, kc_ptr, vc_ptr
     dt = q_ptr.dtype.element_ty
     x1 = y1.to(dt).to(tl.float32)
     x2 = y2.to(dt).to(tl.float32)
-    if head < H + HKV:
-        out1 = (x1 * cos1).to(dt).to(tl.float32) - (x2 * sin1).to(dt).to(tl.float32)
-        out2 = (x2 * cos2).to(dt).to(tl.float32) + (x1 * sin2).to(dt).to(tl.float32)
+    if head < H + HKV:  # mul.rn: each product rounded on its own (fp fusion would make one half-precision FMA of it)
+        out1 = _mul_rn(x1, cos1).to(dt).to(tl.float32) - _mul_rn(x2, sin1).to(dt).to(tl.float32)
+        out2 = _mul_rn(x2, cos2).to(dt).to(tl.float32) + _mul_rn(x1, sin2).to(dt).to(tl.float32)
     else:
         out1 = x1
         out2 = x2
