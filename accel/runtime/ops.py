@@ -242,10 +242,14 @@ def _norm_fold_inputs(
 def _silu_mul_inputs(
     gen: torch.Generator, device: str, dtype: torch.dtype, *, m: int, k: int, n: int, symmetric: bool, rms: bool
 ) -> tuple[Any, ...]:
-    # the rms op's inputs (N even: gate and up halves), or with rms=False a plain x and no sums of squares
+    # the rms op's inputs (N even: gate and up halves), or with rms=False a plain x and no sums of squares; the scales
+    # divided by sqrt(K), so W's entries are ~N(0, 1 / K) as a trained projection's and gate / up come out ~1 as a
+    # model's do (at ~|y| = 50 the product amplified one ulp of the gate, which a kernel may round the other way, by
+    # |up| past atol where silu(gate) is small)
     x, packed, scale, zero, group, ss, eps = _norm_fold_inputs(
         gen, device, dtype, m=m, k=k, n=n, residual=False, symmetric=symmetric
     )
+    scale = (scale.float() / math.sqrt(k)).to(scale.dtype)
     return (x, packed, scale, zero, group, ss if rms else None, eps)
 
 
