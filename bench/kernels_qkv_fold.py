@@ -58,18 +58,14 @@ def layer_set(gen: torch.Generator, position: int) -> dict[str, object]:
 
 
 def unfused(s: dict, linear_only: bool = False) -> torch.Tensor:
-    from accel_cuda.kernels import rotary_kv_cache_write, w4a16_linear_rms
+    from accel_cuda.kernels import w4a16_linear_rms
 
     y = w4a16_linear_rms(s["x"], *s["weights"], s["ss"], EPS, **s["kwargs"])
-    if linear_only:
-        return y
-    d = HEAD_DIM
-    q, k, v = y.split([HEADS * d, KV_HEADS * d, KV_HEADS * d], -1)
-    return rotary_kv_cache_write(q.view(1, 1, HEADS, d), k.view(1, 1, KV_HEADS, d), v.view(1, 1, KV_HEADS, d),
-                                 s["cos"], s["sin"], s["positions"], *s["cache"].layer_stores(0), "none")
+    return y if linear_only else rope_alone(s, y)
 
 
 def rope_alone(s: dict, y: torch.Tensor) -> torch.Tensor:
+    """rope_kv_write.py on the linear's output y: q rotated, k rotated and v stored into the layer set's cache."""
     from accel_cuda.kernels import rotary_kv_cache_write
 
     d = HEAD_DIM

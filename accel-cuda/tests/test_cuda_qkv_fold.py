@@ -104,7 +104,7 @@ def test_rope_epilogue_is_rope_kv_write_on_the_same_linear_output(dtype):
     from accel_cuda.kernels.rope_kv_write import rotary_kv_cache_write
     from accel_cuda.kernels.w4a16_gemv_tma import RopeKV, TmaGemvConfig, w4a16_tma_gemv
 
-    h, hkv, d, k = LAYOUTS[0]
+    h, hkv, d, _ = LAYOUTS[0]
     cfg = TmaGemvConfig(block_n=32, ng=8, split=1, stages=3)
     x, words, scale, _, cos, sin, positions, k_cache, v_cache = case(2, LAYOUTS[0], dtype)
     k_ref, v_ref = k_cache.clone(), v_cache.clone()
@@ -142,8 +142,8 @@ def test_op_matches_the_reference(fmt, rms):
     from accel_cuda.platform import CudaPlatform
 
     from accel.plugins import load_registry
-    from accel.runtime.kv_ops import kv_dequantize
     from accel.runtime.kv_cache import StaticKVCache
+    from accel.runtime.kv_ops import kv_dequantize
     from accel.runtime.qkv_fold_ops import w4a16_linear_rope_kv
 
     h, hkv, d, k = LAYOUTS[0]
