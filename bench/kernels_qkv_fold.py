@@ -1,7 +1,8 @@
 """RoPE and the 16-bit KV cache write folded into the q/k/v W4A16 decode GEMV, against the two launches it replaces.
 
 Llama-3-8B's q/k/v (32 q heads, 8 KV heads of 128: 6144 x 4096) at batch 1, after the folded input norm as a decode
-step runs it. Unfused: w4a16_linear_rms (the GEMV, with the norm's scale), then rotary_kv_cache_write (rope_kv_write.py:
+step runs it (and, a second row, on a plain x, as where the norms do not fold). Unfused: w4a16_linear_rms (the GEMV,
+with the norm's scale; w4a16_linear on a plain x), then rotary_kv_cache_write (rope_kv_write.py:
 q and k rotated, k and v stored at the token's position). Folded: w4a16_linear_rope_kv (the rotation and the stores in
 the GEMV's epilogue; accel.runtime.qkv_fold_ops). Random symmetric int4 weights, group 128, bf16, a bf16 cache of
 256 positions; the pieces alone the same way.
@@ -47,20 +48,23 @@ def layer_set(gen: torch.Generator, position: int) -> dict[str, object]:
     packed = pack_int32(q, 4)
     args, kwargs = w4a16_prepare(packed, scale, None, 128)
     x = torch.randn(1, 1, HIDDEN, generator=gen, device="cuda").bfloat16()
-    ss = (x.float().pow(2).reshape(1, 1, 256, -1).sum(-1) * 1.7).contiguous()  # 256 partial sums, as o / down leave
+    sums = (x.float().pow(2).reshape(1, 1, 256, -1).sum(-1) * 1.7).contiguous()  # 256 partial sums as o / down leave
     positions = torch.full((1, 1), position, device="cuda", dtype=torch.int64)
     inv_freq = 1.0 / 500000.0 ** (torch.arange(0, HEAD_DIM, 2, device="cuda", dtype=torch.float64) / HEAD_DIM)
     angle = positions.double()[..., None] * inv_freq
     angle = torch.cat((angle, angle), -1)
     cache = StaticKVCache(1, 1, KV_HEADS, SEQ, HEAD_DIM, kv_format="none", dtype=torch.bfloat16, device="cuda")
-    return {"weights": args, "kwargs": kwargs, "raw": (packed, scale), "x": x, "ss": ss, "positions": positions,
-            "cos": angle.cos().bfloat16(), "sin": angle.sin().bfloat16(), "cache": cache}
+    return {"weights": args, "kwargs": kwargs, "raw": (packed, scale), "x": x, "sums": sums, "ss": sums,
+            "positions": positions, "cos": angle.cos().bfloat16(), "sin": angle.sin().bfloat16(), "cache": cache}
 
 
 def unfused(s: dict, linear_only: bool = False) -> torch.Tensor:
-    from accel_cuda.kernels import w4a16_linear_rms
+    from accel_cuda.kernels import w4a16_linear, w4a16_linear_rms
 
-    y = w4a16_linear_rms(s["x"], *s["weights"], s["ss"], EPS, **s["kwargs"])
+    if s["ss"] is None:
+        y = w4a16_linear(s["x"], *s["weights"], **s["kwargs"])
+    else:
+        y = w4a16_linear_rms(s["x"], *s["weights"], s["ss"], EPS, **s["kwargs"])
     return y if linear_only else rope_alone(s, y)
 
 
@@ -86,7 +90,8 @@ def errors(s: dict, q: torch.Tensor) -> tuple[float, float, float]:
     packed, scale = s["raw"]
     d = HEAD_DIM
     y = s["x"].double() @ w4a16_weight(HIDDEN, packed, scale, None, 128).double().T
-    y = y * torch.rsqrt(s["ss"].double().sum(-1, keepdim=True) / HIDDEN + EPS)
+    if s["ss"] is not None:
+        y = y * torch.rsqrt(s["ss"].double().sum(-1, keepdim=True) / HIDDEN + EPS)
     qy, ky, vy = y.split([HEADS * d, KV_HEADS * d, KV_HEADS * d], -1)
     cos, sin = s["cos"].double()[:, :, None], s["sin"].double()[:, :, None]
 
@@ -103,21 +108,16 @@ def errors(s: dict, q: torch.Tensor) -> tuple[float, float, float]:
             rel(values, vy.view(KV_HEADS, d)))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="shorter timing (5 ms warm-up, 30 ms of replays)")
-    args = parser.parse_args()
+def measure(sets: list[dict], rms: bool, quick: bool) -> dict[str, object]:
+    """One row: the pair unfused and folded, each launch alone, errors against float64, bit-equality."""
     from accel_cuda.kernels.norm_fold import fold_plan
 
-    props = torch.cuda.get_device_properties(0)
-    print(f"{props.name}: {props.multi_processor_count} SMs", flush=True)
-    started = time.perf_counter()
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    sets = [layer_set(gen, 130 + i) for i in range(LAYERS)]
+    for s in sets:
+        s["ss"] = s["sums"] if rms else None
     ys = [unfused(s, linear_only=True) for s in sets]
 
     def timed(fn) -> float:
-        return graph_us([functools.partial(fn, s) for s in sets], CALLS, args.quick)
+        return graph_us([functools.partial(fn, s) for s in sets], CALLS, quick)
 
     s0 = sets[0]
     q_unfused = unfused(s0)
@@ -130,12 +130,13 @@ def main() -> None:
                and torch.equal(s0["cache"].values[0].codes, v_unfused))
     plan = fold_plan(s0["x"], *s0["weights"], permuted=True)
     row: dict[str, object] = {
-        "case": f"q/k/v {(HEADS + 2 * KV_HEADS) * HEAD_DIM}x{HIDDEN}, batch 1",
+        "case": f"q/k/v {(HEADS + 2 * KV_HEADS) * HEAD_DIM}x{HIDDEN}, batch 1, " + ("after a folded norm" if rms
+                                                                                  else "plain x"),
         "unfused_us": timed(unfused),
         "folded_us": timed(folded),
         "linear_us": timed(functools.partial(unfused, linear_only=True)),
         "rope_kv_write_us": graph_us([functools.partial(rope_alone, s, y) for s, y in zip(sets, ys, strict=True)],
-                                     CALLS, args.quick),
+                                     CALLS, quick),
         "err_q_unfused": err_unfused[0],
         "err_q_folded": err_folded[0],
         "err_k_folded": err_folded[1],
@@ -146,6 +147,19 @@ def main() -> None:
     row["saved_us"] = float(row["unfused_us"]) - float(row["folded_us"])  # type: ignore[arg-type]
     row["speedup"] = float(row["unfused_us"]) / float(row["folded_us"])  # type: ignore[arg-type]
     print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter timing (5 ms warm-up, 30 ms of replays)")
+    args = parser.parse_args()
+    props = torch.cuda.get_device_properties(0)
+    print(f"{props.name}: {props.multi_processor_count} SMs", flush=True)
+    started = time.perf_counter()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    sets = [layer_set(gen, 130 + i) for i in range(LAYERS)]
+    rows = [measure(sets, rms, args.quick) for rms in (True, False)]
     columns = ["case", "unfused_us", "folded_us", "saved_us", "speedup", "linear_us", "rope_kv_write_us",
                "err_q_unfused", "err_q_folded", "err_k_folded", "err_v_folded", "bitwise", "plan"]
     meta = {
@@ -156,14 +170,15 @@ def main() -> None:
         "seconds": round(time.perf_counter() - started, 1),
     }
     notes = (
-        "unfused: w4a16_linear_rms, then rotary_kv_cache_write (rope_kv_write.py); folded: w4a16_linear_rope_kv (the "
-        "rotation and the bf16 cache stores in the TMA GEMV's epilogue). linear / rope_kv_write: each launch alone. "
+        "unfused: w4a16_linear_rms (w4a16_linear on a plain x), then rotary_kv_cache_write (rope_kv_write.py); "
+        "folded: w4a16_linear_rope_kv (the rotation and the bf16 cache stores in the TMA GEMV's epilogue). linear / "
+        "rope_kv_write: each launch alone. "
         "speedup: unfused / folded. err: q, the stored k and v against float64; bitwise: the folded q and cache equal "
         "the unfused ones exactly. plan: the GEMV launch (each fused program takes block_n / 2 rows of a head's first "
         "half and the rows 64 below them). A batch-1 decode step runs 32 of these."
     )
     write_results("kernels_qkv_fold", f"RoPE + KV cache write folded into the q/k/v W4A16 GEMV on {props.name}, us "
-                  "per call", columns, [row], meta, notes)
+                  "per call", columns, rows, meta, notes)
 
 
 if __name__ == "__main__":
