@@ -234,7 +234,8 @@ def _charts(results: ResultsTable, block: Mapping[str, Any], present: list[str])
         if metric not in present:
             continue
         bars = [(label, values[metric], label in baselines) for label, values in configs.items() if metric in values]
-        if len(bars) > 1 or (bars and metric == "cost_per_mtok_usd"):
+        # one configuration charts only what stands alone: its cost, or its speed-up (a ratio against 1x)
+        if len(bars) > 1 or (bars and metric in ("cost_per_mtok_usd", "speedup")):
             charts.append(bar_chart(name, unit, bars, lower))
     ratio_columns = [col for col in results.columns if _RATIO.search(col) and col not in ("speedup",)]
     if "speedup" not in present:  # the kernel benchmarks: their own ratio columns (x_*, vs_*), one chart each
