@@ -9,8 +9,9 @@ below them, which are the pairs the rotation mixes, rounds both to x's dtype as 
 rotates them with rope.py's arithmetic (q and k heads) or passes them through (v heads); q goes to a new [B, T, H, D]
 tensor, k and v into the cache at each token's position (a position outside [0, S) is skipped, as kv_write.py skips
 it). A quantized cache needs each head's absolute maximum before any store (a program would have to own whole heads:
-too few programs to stream the weights), so int8 / int4 / fp8 caches, and every other case, run the linear (with the
-folded norm's scale where ss is given) and then rope_kv_write.py: the same results, the launch not saved.
+too few programs to stream the weights), so int8 / int4 / fp8 caches, verification steps (T > 1) and every other case
+run the linear (with the folded norm's scale where ss is given) and then rope_kv_write.py: the same results, the
+launch not saved.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ def _rope_operands(
     if fmt != "none" or x.ndim != 3 or cos.ndim != 3 or positions.ndim != 2:
         return None
     b, t, _ = x.shape
+    if t != 1:  # decode steps only: a verification step (T > 1) runs the fallback (the epilogue's T > 1 indexing
+        return None  # has not run on a GPU)
     d = cos.shape[-1]
     tables_ok = (
         cos.dtype == sin.dtype == x.dtype
