@@ -67,8 +67,10 @@ def _rope_operands(
     if fmt != "none" or x.ndim != 3 or cos.ndim != 3 or positions.ndim != 2:
         return None
     b, t, _ = x.shape
-    if t != 1:  # decode steps only: a verification step (T > 1) runs the fallback (the epilogue's T > 1 indexing
-        return None  # has not run on a GPU)
+    # decode steps only: a verification step (T > 1) runs the fallback, since the epilogue's T > 1 indexing has not
+    # run on a GPU
+    if t != 1:
+        return None
     d = cos.shape[-1]
     tables_ok = (
         cos.dtype == sin.dtype == x.dtype
