@@ -1,10 +1,11 @@
-"""The tuned launch tables' loader (Triton-free): a missing table is empty, a written one reads back."""
+"""The tuned launch tables' loader (Triton-free): a missing table is empty, a written one reads back, a card without
+rows for a shape borrows a sibling's."""
 
 from __future__ import annotations
 
 import json
 
-from accel_cuda.kernels.tuning import tuned_table
+from accel_cuda.kernels.tuning import SIBLINGS, card_rows, tuned_table
 
 
 def test_missing_table_is_empty(tmp_path):
@@ -37,3 +38,37 @@ def test_every_shipped_table_names_cards_shapes_and_m():
                 assert bits in ("", "w4", "w8", "int8", "fp8") and (group or bits), (path.name, shape)
                 assert int(n) > 0 and int(k) > 0 and (not group or int(group) > 0), (path.name, shape)
                 assert all(m.isdigit() and isinstance(cfg, dict) and cfg for m, cfg in by_m.items()), (path.name, shape)
+
+
+H200_ROWS = {"1": {"block_n": 16}}
+H100_ROWS = {"1": {"block_n": 32}}
+
+
+def test_a_card_reads_its_own_rows_first():
+    table = {"NVIDIA H200": {"s": H200_ROWS}, "NVIDIA H100 80GB HBM3": {"s": H100_ROWS}}
+    assert card_rows(table, "NVIDIA H100 80GB HBM3", "s") == H100_ROWS
+    assert card_rows(table, "NVIDIA H200", "s") == H200_ROWS
+
+
+def test_a_sibling_without_rows_for_a_shape_borrows_them_per_shape():
+    table = {"NVIDIA H200": {"s": H200_ROWS, "t": H200_ROWS}, "NVIDIA H100 80GB HBM3": {"t": H100_ROWS}}
+    assert card_rows(table, "NVIDIA H100 80GB HBM3", "s") == H200_ROWS  # none of its own for s
+    assert card_rows(table, "NVIDIA H100 80GB HBM3", "t") == H100_ROWS
+    assert card_rows(table, "NVIDIA H800", "s") == H200_ROWS
+    assert card_rows(table, "NVIDIA H100 80GB HBM3", "u") is None
+
+
+def test_cards_outside_a_family_never_borrow():
+    table = {"NVIDIA H200": {"s": H200_ROWS}}
+    for card in ("NVIDIA H100 PCIe", "NVIDIA A100-SXM4-80GB", "NVIDIA H20", ""):  # other SM counts or shared memory
+        assert card_rows(table, card, "s") is None
+
+
+def test_families_are_disjoint_and_hopper_132_sm_parts():
+    from accel.planning.chips import NVIDIA_CHIPS
+
+    names = [card for family in SIBLINGS for card in family]
+    assert len(names) == len(set(names))
+    known = {chip.capability.device_name: chip.capability.compute_capability for chip in NVIDIA_CHIPS}
+    assert {"NVIDIA H200", "NVIDIA H100 80GB HBM3"} <= set(names)
+    assert all(known.get(card, "9.0") == "9.0" for card in names)

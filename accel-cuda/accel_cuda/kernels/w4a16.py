@@ -39,7 +39,7 @@ from accel_cuda.kernels import w4a16_gemv as gemv
 from accel_cuda.kernels.device import device_info
 from accel_cuda.kernels.nibbles import unpermute_nibbles
 from accel_cuda.kernels.pdl import pdl_enter, pdl_mode, pdl_release
-from accel_cuda.kernels.tuning import tuned_table
+from accel_cuda.kernels.tuning import card_rows, tuned_table
 
 __all__ = ["Config", "plan", "prepare", "w4a16_dequantize", "w4a16_linear"]
 
@@ -403,7 +403,7 @@ def plan(m: int, n: int, k: int, group: int, dtype: torch.dtype, sm_count: int, 
             return Config("dequant", block_n=32, block_k=bk)
         bm = min(_pow2_at_least(m), 8)
         return Config("gemv", block_m=bm, block_n=32, block_k=bk, split=1, num_warps=4, num_stages=2)
-    table = _tuned().get(device_name, {}).get(f"{n}x{k}g{group}", {})
+    table = card_rows(_tuned(), device_name, f"{n}x{k}g{group}") or {}
     fits = sorted(int(key) for key in table if int(key) >= m)
     if fits:
         return Config(**table[str(fits[0])])  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ import triton.language as tl
 from accel_cuda.kernels.device import device_info
 from accel_cuda.kernels.nibbles import permute_nibbles, unpermute_nibbles
 from accel_cuda.kernels.pdl import pdl_enter, pdl_mode, pdl_release
-from accel_cuda.kernels.tuning import tuned_table
+from accel_cuda.kernels.tuning import card_rows, tuned_table
 
 __all__ = ["GemvConfig", "gemv_plan", "permute_nibbles", "supports", "unpermute_nibbles", "w4a16_gemv"]
 
@@ -217,7 +217,7 @@ GEMV_MAX_M = 1
 def gemv_plan(m: int, n: int, k: int, sms: int, device_name: str = "") -> GemvConfig | None:
     """The tuned launch for this card / shape / M; else, for M <= GEMV_MAX_M, about 8 programs per SM; None
     where this kernel is not the one to run (larger M)."""
-    table = _tuned().get(device_name, {}).get(f"{n}x{k}g128")
+    table = card_rows(_tuned(), device_name, f"{n}x{k}g128")
     if table is not None:
         return GemvConfig(**table[str(m)]) if str(m) in table else None  # type: ignore[arg-type]
     if m > GEMV_MAX_M:

@@ -26,7 +26,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from accel_cuda.kernels.act import _silu_and_mul
 from accel_cuda.kernels.pdl import pdl_enter, pdl_mode, pdl_release
-from accel_cuda.kernels.tuning import tuned_table
+from accel_cuda.kernels.tuning import card_rows, tuned_table
 from accel_cuda.kernels.w4a16_gemv import _DOT_WORD_TEMPLATE, _MAGIC, launch_geometry, write_rows
 
 __all__ = ["RopeKV", "TmaGemvConfig", "rope_tiles", "supports_tma", "tma_plan", "w4a16_tma_gemv"]
@@ -221,7 +221,7 @@ def tma_plan(m: int, n: int, k: int, device_name: str, capability: tuple[int, in
     this card tuned it, off Hopper (TMA and the bf16x2 forms need sm_90), or where it does not tile."""
     if capability[0] != 9:
         return None
-    entry = _tuned().get(device_name, {}).get(f"{n}x{k}g128", {}).get(str(m))
+    entry = (card_rows(_tuned(), device_name, f"{n}x{k}g128") or {}).get(str(m))
     if entry is None:
         return None
     config = TmaGemvConfig(**entry)  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from accel_cuda.kernels.sparse24_layout import to_kernel_layout
-from accel_cuda.kernels.tuning import tuned_table
+from accel_cuda.kernels.tuning import card_rows, tuned_table
 from accel_cuda.kernels.w4a16_gemv import _MAGIC, _device_info, launch_geometry, write_rows
 
 __all__ = ["SparseGemvConfig", "prepare_sparse24", "sparse24_plan", "supports", "w4a16_sparse24_gemv"]
@@ -206,7 +206,7 @@ GEMV_MAX_M = 2
 
 def sparse24_plan(m: int, n: int, k: int, sms: int, device_name: str = "") -> SparseGemvConfig | None:
     """The tuned launch for this card / shape / M, else about 8 programs per SM for M <= GEMV_MAX_M; None above."""
-    table = _tuned().get(device_name, {}).get(f"{n}x{k}g128")
+    table = card_rows(_tuned(), device_name, f"{n}x{k}g128")
     if table is not None and str(m) in table:
         return SparseGemvConfig(**table[str(m)])  # type: ignore[arg-type]
     if m > GEMV_MAX_M:

@@ -23,7 +23,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from accel_cuda.kernels.pdl import pdl_enter, pdl_mode, pdl_release
 from accel_cuda.kernels.sparse24_layout import ROWS, interleave_rows
-from accel_cuda.kernels.tuning import tuned_table
+from accel_cuda.kernels.tuning import card_rows, tuned_table
 from accel_cuda.kernels.w4a16_gemv import _MAGIC, launch_geometry, write_rows
 from accel_cuda.kernels.w4a16_sparse24_gemv import _DOT_SPARSE
 
@@ -96,7 +96,7 @@ _tuned = functools.partial(tuned_table, TUNED_CONFIGS)
 def tma_sparse_plan(m: int, n: int, k: int, device_name: str) -> TmaSparseConfig | None:
     """The measured launch for this card / shape / M (bench/kernels_tma.py --write-table), else the default launch
     for M <= GEMV_MAX_M; None for larger M or where the launch does not tile."""
-    entry = _tuned().get(device_name, {}).get(f"{n}x{k}g128", {}).get(str(m))
+    entry = (card_rows(_tuned(), device_name, f"{n}x{k}g128") or {}).get(str(m))
     if entry is None and m > GEMV_MAX_M:
         return None
     config = TmaSparseConfig(**entry) if entry is not None else TmaSparseConfig()  # type: ignore[arg-type]

@@ -26,7 +26,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from accel_cuda.kernels.pdl import pdl_enter, pdl_mode, pdl_release
-from accel_cuda.kernels.tuning import tuned_table
+from accel_cuda.kernels.tuning import card_rows, tuned_table
 from accel_cuda.kernels.w4a16_gemv import _counters
 from accel_cuda.kernels.wxa16_tma_dot import _write_tile
 
@@ -103,7 +103,7 @@ def w8a8_tma_plan(m: int, n: int, k: int, fp8: bool, device_name: str, capabilit
     off Hopper, above MAX_M, and where the shape does not tile."""
     if capability[0] != 9 or m > MAX_M:
         return None
-    table = _tuned().get(device_name, {}).get(f"{'fp8' if fp8 else 'int8'}:{n}x{k}", {})
+    table = card_rows(_tuned(), device_name, f"{'fp8' if fp8 else 'int8'}:{n}x{k}") or {}
     fits = sorted(int(key) for key in table if int(key) >= m)
     if fits:
         cfg = W8TmaConfig(**table[str(fits[0])])  # type: ignore[arg-type]

@@ -38,7 +38,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from accel_cuda.kernels.pdl import pdl_enter, pdl_mode, pdl_release
-from accel_cuda.kernels.tuning import tuned_table
+from accel_cuda.kernels.tuning import card_rows, tuned_table
 from accel_cuda.kernels.w4a16 import _codes8, _interleave8
 from accel_cuda.kernels.w4a16_gemv import _counters
 
@@ -237,7 +237,7 @@ def tma_dot_plan(m: int, n: int, k: int, bits: int, device_name: str, capability
     only where this kernel beat the decode GEMV)."""
     if capability[0] != 9 or m > MAX_M:
         return None
-    table = _tuned().get(device_name, {}).get(f"w{bits}:{n}x{k}", {})
+    table = card_rows(_tuned(), device_name, f"w{bits}:{n}x{k}") or {}
     tuned = {int(key): TmaDotConfig(**entry) for key, entry in table.items()}  # type: ignore[arg-type]
     tuned = {key: cfg for key, cfg in tuned.items() if not _racy(cfg)}  # tables written before RACY was known
     if bits == 4 and m < MIN_M:
