@@ -803,3 +803,33 @@ def test_fused_quant_under_the_interpreter():
     bound = {"torch.float32": (1, 1e-6), "torch.float16": (1, 2 * 2.0**-10), "torch.bfloat16": (2, 2 * 2.0**-7)}
     for (op, dtype), (steps, rel) in worst.items():
         assert int(steps) <= bound[dtype][0] and float(rel) <= bound[dtype][1], (op, dtype, steps, rel)
+
+
+LOOP_BOUND = textwrap.dedent(
+    """
+    import torch
+    import triton
+    import triton.language as tl
+    from accel_cuda.kernels.interpret import INTERPRET
+
+    @triton.jit
+    def count(out, STEPS):
+        acc = 0.0
+        for i in tl.range(STEPS, num_stages=2):
+            acc += 1.0
+        tl.store(out, acc)
+
+    out = torch.zeros(1)
+    count[(1,)](out, 3)
+    print(INTERPRET, float(out))
+    """
+)
+
+
+def test_a_runtime_loop_bound_runs_under_the_interpreter():
+    """accel_cuda.kernels.interpret: a scalar argument as a loop bound (every TMA kernel's K loop) runs, whatever
+    NumPy's rule on int() of a 1-element array."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", LOOP_BOUND], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["True", "3.0"]

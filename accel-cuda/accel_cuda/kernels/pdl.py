@@ -27,10 +27,10 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from accel_cuda.kernels.device import device_info
+from accel_cuda.kernels.interpret import INTERPRET  # applies the interpreter fix under TRITON_INTERPRET=1
 
 __all__ = ["RELEASE_AT_END", "pdl_enter", "pdl_mode", "pdl_release"]
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 RELEASE_AT_END = 2  # mode 2: wait at the start, let the next kernel launch once the main loop is done
 
 

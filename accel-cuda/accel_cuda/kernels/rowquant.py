@@ -13,17 +13,15 @@ functions on the same float32 values, a fused kernel's codes equal quantize_rows
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from accel_cuda.kernels.device import device_info
+from accel_cuda.kernels.interpret import INTERPRET  # applies the interpreter fix under TRITON_INTERPRET=1
 
 __all__ = ["ONE_PASS_MAX_K", "code_dtype", "fp8_supported", "warps_for_row"]
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 ONE_PASS_MAX_K = 16384  # rows up to this long are quantized from registers (16 warps: 32 fp32 values a thread)
 
 
