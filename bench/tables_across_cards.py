@@ -62,7 +62,7 @@ def compare(results: Path, card: str, borrow: str) -> list[dict]:
                 fmt = f"{sweep['fmt']} " if kind == "w8a8_tma" else fmt
                 rows.append({"kernel": kind, "shape": f"{fmt}{sweep['shape']} {sweep['n']}x{sweep['k']}",
                              "M": sweep["m"], "best_us": best, "borrowed_us": lent_us,
-                             "slower": lent_us / best - 1, "same_launch": _same(own, lent),
+                             "slower": lent_us / best - 1, "speedup": best / lent_us, "same_launch": _same(own, lent),
                              "borrowed_plan": " ".join(f"{k}={v}" for k, v in lent.items() if k != "pairs")})
     return rows
 
@@ -79,11 +79,12 @@ def main() -> None:
     meta = {**environment(), "card": args.card, "borrowed_from": args.borrow, "rows": len(rows),
             "same_launch": sum(r["same_launch"] for r in rows), "median_slower": statistics.median(slower),
             "max_slower": max(slower)}
+    columns = ["kernel", "shape", "M", "best_us", "borrowed_us", "slower", "speedup", "same_launch", "borrowed_plan"]
+    notes = ("best_us: the fastest correct launch of the card's own sweep (its tuned row); borrowed_us: the other "
+             "card's tuned launch in the same sweep; slower = borrowed / best - 1, speedup = best / borrowed (1: the "
+             "borrowed launch is this card's best). Times from the stored sweeps (no GPU in this script).")
     write_results("tables_across_cards", f"{args.borrow}'s tuned launches on the {args.card}, against its own best",
-                  ["kernel", "shape", "M", "best_us", "borrowed_us", "slower", "same_launch", "borrowed_plan"], rows,
-                  meta, notes="best_us: the fastest correct launch of the card's own sweep (its tuned row); "
-                  "borrowed_us: the other card's tuned launch in the same sweep; slower = borrowed / best - 1. Times "
-                  "from the stored sweeps (no GPU in this script).")
+                  columns, rows, meta, notes=notes)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ from accel.integration.metrics import row_labels
 from accel.tools.panel import PanelError, build_panel, load_results_file, make_server, write_panel
 
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS = sorted((ROOT / "bench" / "results").glob("*.json"))
+# Every card's results: the top level (the H200), a folder per other card (bench/results/<card>/); raw/ holds sweeps.
+RESULTS = sorted(path for pattern in ("*.json", "nvidia-*/*.json")
+                 for path in (ROOT / "bench" / "results").glob(pattern))
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
