@@ -168,24 +168,26 @@ def test_registry_and_custom_op_run_the_kernel(name):
 @pytest.mark.parametrize("fp8", [False, True], ids=["int8", "fp8"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(
-    ("m", "n", "k", "bm", "bn", "split", "bias"),
+    ("m", "n", "k", "bm", "bn", "split", "bias", "bk"),
     [
-        (1, 1024, 4096, 16, 128, 4, True),
-        (5, 384, 1280, 16, 128, 5, False),
-        (16, 4096, 1024, 16, 64, 1, True),
-        (17, 256, 2048, 32, 128, 2, True),
-        (33, 1024, 1024, 64, 128, 2, False),
-        (64, 512, 4096, 64, 64, 8, True),
+        (1, 1024, 4096, 16, 128, 4, True, 128),
+        (5, 384, 1280, 16, 128, 5, False, 128),
+        (16, 4096, 1024, 16, 64, 1, True, 128),
+        (17, 256, 2048, 32, 128, 2, True, 128),
+        (33, 1024, 1024, 64, 128, 2, False, 128),
+        (64, 512, 4096, 64, 64, 8, True, 128),
+        (3, 640, 2560, 16, 128, 5, True, 256),  # ku 2: two K boxes per loop iteration
+        (64, 512, 4096, 64, 64, 4, False, 256),
     ],
 )
 @pytest.mark.gpu
 @needs_hopper
-def test_tma_matches_float64(m, n, k, bm, bn, split, bias, dtype, fp8, monkeypatch):
+def test_tma_matches_float64(m, n, k, bm, bn, split, bias, bk, dtype, fp8, monkeypatch):
     from accel_cuda.kernels import w8a8
     monkeypatch.setattr(w8a8, "POISON", True)
     x, q, scale, b = make_case(m, n, k, fp8, dtype, bias=bias)
     warps = 8 if bm == 64 else 4
-    config = w8a8.W8Config("tma", block_m=bm, block_n=bn, block_k=128, split=split, num_warps=warps, num_stages=4)
+    config = w8a8.W8Config("tma", block_m=bm, block_n=bn, block_k=bk, split=split, num_warps=warps, num_stages=4)
     got = run(fp8, x, q, scale, None, b, config=config) if fp8 else run(fp8, x, q, scale, b, config=config)
     assert got.shape == (m, n) and got.dtype == dtype
     error = relative_error(got, float64_reference(x, q, scale, b, fp8))

@@ -68,12 +68,13 @@ INTERPRETED = textwrap.dedent(
 
     w8a8.POISON = True
     gen = torch.Generator().manual_seed(0)
-    for m, n, k, bm, bn, split, bias in [(5, 128, 512, 16, 64, 2, True), (17, 64, 256, 32, 64, 1, False)]:
+    for m, n, k, bm, bn, split, bias, bk in [(5, 128, 512, 16, 64, 2, True, 128), (17, 64, 256, 32, 64, 1, False, 128),
+                                             (5, 128, 1024, 16, 64, 2, True, 256)]:  # bk 256: ku 2
         x = torch.randn(m, k, generator=gen)
         weight = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
         scale = torch.rand(n, 1, generator=gen) * 1e-2
         b = torch.randn(n, generator=gen) if bias else None
-        config = w8a8.W8Config("tma", block_m=bm, block_n=bn, block_k=128, split=split, num_stages=2)
+        config = w8a8.W8Config("tma", block_m=bm, block_n=bn, block_k=bk, split=split, num_stages=2)
         got = w8a8.w8a8_int8_linear(x, weight, scale, b, config=config).double()
         expected = w8a8_int8_linear(x, weight, scale, b).double()
         print(m, n, k, split, float((got - expected).norm() / expected.norm()))
@@ -88,6 +89,6 @@ def test_int8_under_the_interpreter():
     done = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
-    assert len(lines) == 2, done.stdout
+    assert len(lines) == 3, done.stdout
     for line in lines:
         assert float(line.split()[-1]) < 1e-6, line

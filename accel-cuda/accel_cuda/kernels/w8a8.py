@@ -219,8 +219,8 @@ def _epilogue_kernel(
 
 @dataclass(frozen=True)
 class W8Config:
-    """One launch plan: "triton" or "tma" (tile sizes, split-K, warps, stages; "tma" reads block_k as 128),
-    "cublas" or "scaled_mm" (module docstring)."""
+    """One launch plan: "triton" or "tma" (tile sizes, split-K, warps, stages; "tma" reads block_k as the K per loop
+    iteration, 128 or 256: W8TmaConfig.ku), "cublas" or "scaled_mm" (module docstring)."""
 
     kernel: str = "triton"
     block_m: int = 16
@@ -307,7 +307,7 @@ def quantize_rows(
 
 def _as_tma(cfg: W8Config) -> W8TmaConfig:
     return W8TmaConfig(block_n=cfg.block_n, block_m=cfg.block_m, split=cfg.split, stages=cfg.num_stages,
-                       num_warps=cfg.num_warps)
+                       num_warps=cfg.num_warps, ku=max(1, cfg.block_k // 128))
 
 
 def _tma_config(m: int, n: int, k: int, fp8: bool, x: torch.Tensor) -> W8Config | None:
@@ -318,7 +318,7 @@ def _tma_config(m: int, n: int, k: int, fp8: bool, x: torch.Tensor) -> W8Config 
     tma = w8a8_tma_plan(m, n, k, fp8, info.name, info.capability, info.sms)
     if tma is None:
         return None
-    return W8Config("tma", block_m=tma.block_m, block_n=tma.block_n, block_k=128, split=tma.split,
+    return W8Config("tma", block_m=tma.block_m, block_n=tma.block_n, block_k=128 * tma.ku, split=tma.split,
                     num_warps=tma.num_warps, num_stages=tma.stages)
 
 

@@ -40,7 +40,7 @@ def _w8a8_tma_kernel(
     x_desc, w_desc, sx_ptr, sw_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
     M, N, STEPS, SPLIT,
     FP8: tl.constexpr, SW_PER_N: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, KU: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
 ):
     row0 = tl.program_id(0) * BLOCK_N
     m0 = tl.program_id(2) * BLOCK_M
@@ -49,11 +49,12 @@ def _w8a8_tma_kernel(
     k_first = tl.program_id(1) * STEPS * 128
     pdl_enter(PDL)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32 if FP8 else tl.int32)
-    for i in tl.range(STEPS, num_stages=STAGES):
-        k0 = k_first + i * 128
-        w = w_desc.load([row0, k0])  # [BLOCK_N, 128] codes
-        xt = x_desc.load([m0, k0])  # [BLOCK_M, 128] codes; rows past M arrive as zeros
-        acc = tl.dot(w, tl.trans(xt), acc, out_dtype=tl.float32 if FP8 else tl.int32)
+    for i in tl.range(STEPS // KU, num_stages=STAGES):  # KU boxes of 128 along K per iteration (one barrier round)
+        for u in tl.static_range(KU):
+            k0 = k_first + (i * KU + u) * 128
+            w = w_desc.load([row0, k0])  # [BLOCK_N, 128] codes
+            xt = x_desc.load([m0, k0])  # [BLOCK_M, 128] codes; rows past M arrive as zeros
+            acc = tl.dot(w, tl.trans(xt), acc, out_dtype=tl.float32 if FP8 else tl.int32)
     pdl_release(PDL)
     sx = tl.load(sx_ptr + cols, mask=cols < M, other=0.0)
     sw = tl.load(sw_ptr + rows).to(tl.float32) if SW_PER_N else tl.load(sw_ptr + rows * 0).to(tl.float32)
@@ -73,6 +74,7 @@ class W8TmaConfig:
     split: int = 1
     stages: int = 6
     num_warps: int = 4
+    ku: int = 1  # 128-wide K boxes per loop iteration (1 or 2): 2 halves the barrier rounds per byte
 
 
 TUNED_CONFIGS = Path(__file__).with_name("w8a8_tma_configs.json")
@@ -81,14 +83,15 @@ MAX_M = 64  # above, rowwise _scaled_mm / _int_mm (compute-bound sizes) win (KER
 
 
 def supports_w8a8_tma(n: int, k: int, config: W8TmaConfig) -> bool:
-    """Whole tiles along N and K (no masks on the weights), the split dividing the K steps."""
+    """Whole tiles along N and K (no masks on the weights), split x ku dividing the K steps."""
     steps = k // BK
     return (
         k % BK == 0
         and n % config.block_n == 0
         and config.block_m in (16, 32, 64)
         and config.split >= 1
-        and steps % config.split == 0
+        and config.ku in (1, 2)
+        and steps % (config.split * config.ku) == 0
     )
 
 
@@ -150,6 +153,7 @@ def w8a8_tma(
         x_desc, w_desc, sx, sw, bias if bias is not None else sx, out, ws, cnt,
         m, n, steps // split, split,
         FP8=fp8, SW_PER_N=sw.numel() > 1, HAS_BIAS=bias is not None,
-        BLOCK_N=bn, BLOCK_M=bm, STAGES=config.stages, PDL=pdl, num_warps=config.num_warps, launch_pdl=bool(pdl),
+        BLOCK_N=bn, BLOCK_M=bm, KU=config.ku, STAGES=config.stages, PDL=pdl, num_warps=config.num_warps,
+        launch_pdl=bool(pdl),
     )
     return out
