@@ -26,11 +26,16 @@ SOURCES = [
     ("kernels_tma_dot_decode_shapes.json", "wxa16_tma_dot_configs.json", "tma_dot", ("w4", "w8"), 1e-2),
     ("kernels_tma_dot_lm_head.json", "wxa16_tma_dot_configs.json", "tma_dot", ("w4",), 1e-2),
     ("kernels_w8a8_tma.json", "w8a8_tma_configs.json", "w8a8_tma", ("timings",), 5e-2),
+    ("kernels_w8a8_tma_wide.json", "w8a8_tma_configs.json", "w8a8_tma", ("timings",), 5e-2),  # --wide: a superset
 ]
 
 
+# Launch fields added after a table was written, with the value every older row meant.
+DEFAULTS = {"pairs": True, "ku": 1}
+
+
 def _same(a: dict, b: dict) -> bool:
-    return all(a.get(key) == b.get(key) for key in set(a) | set(b) if key != "pairs")  # pairs: a default
+    return {**DEFAULTS, **a} == {**DEFAULTS, **b}
 
 
 def _key(kind: str, column: str, sweep: dict) -> str:
@@ -42,7 +47,9 @@ def _key(kind: str, column: str, sweep: dict) -> str:
 
 
 def compare(results: Path, card: str, borrow: str) -> list[dict]:
-    rows = []
+    """One row per (kernel, table key, M); a later source's sweep of the same key and M (a wider one) replaces an
+    earlier's."""
+    rows: dict[tuple[str, str, int], dict] = {}
     for name, table_file, kind, columns, tol in SOURCES:
         path = results / name
         if not path.exists():
@@ -60,11 +67,12 @@ def compare(results: Path, card: str, borrow: str) -> list[dict]:
                 lent_us = next((t["us"] for t in ok if _same(t["cfg"], lent)), float("nan"))
                 fmt = f"{column} " if kind != "gemv" and column != "timings" else ""
                 fmt = f"{sweep['fmt']} " if kind == "w8a8_tma" else fmt
-                rows.append({"kernel": kind, "shape": f"{fmt}{sweep['shape']} {sweep['n']}x{sweep['k']}",
-                             "M": sweep["m"], "best_us": best, "borrowed_us": lent_us,
-                             "slower": lent_us / best - 1, "speedup": best / lent_us, "same_launch": _same(own, lent),
-                             "borrowed_plan": " ".join(f"{k}={v}" for k, v in lent.items() if k != "pairs")})
-    return rows
+                rows[(kind, key, sweep["m"])] = {
+                    "kernel": kind, "shape": f"{fmt}{sweep['shape']} {sweep['n']}x{sweep['k']}", "M": sweep["m"],
+                    "best_us": best, "borrowed_us": lent_us, "slower": lent_us / best - 1, "speedup": best / lent_us,
+                    "same_launch": _same(own, lent),
+                    "borrowed_plan": " ".join(f"{k}={v}" for k, v in lent.items() if k not in DEFAULTS)}
+    return list(rows.values())
 
 
 def main() -> None:
