@@ -114,5 +114,7 @@ def accel_select_kernel(op: str, capability: CapabilityDescriptor) -> KernelChoi
     accepts = None
     if op in FOLD_OPS:
         accepts = qkv_fold_accepts if op == "w4a16_linear_rope_kv" else functools.partial(norm_fold_accepts, op)
+    from accel_cuda.kernels.tuning import launch_note
+
     return KernelChoice(backend=BACKEND, op=op, impl=impl, reason="CUDA Triton kernel", prepare=prepare,
-                        accepts=accepts)
+                        accepts=accepts, note=launch_note(op, capability.device_name))

@@ -72,3 +72,24 @@ def test_families_are_disjoint_and_hopper_132_sm_parts():
     known = {chip.capability.device_name: chip.capability.compute_capability for chip in NVIDIA_CHIPS}
     assert {"NVIDIA H200", "NVIDIA H100 80GB HBM3"} <= set(names)
     assert all(known.get(card, "9.0") == "9.0" for card in names)
+
+
+def test_launch_note_says_tuned_borrowed_or_untuned(tmp_path):
+    from accel_cuda.kernels.tuning import launch_note
+
+    (tmp_path / "w8a8_tma_configs.json").write_text(json.dumps({"NVIDIA H200": {"fp8:1x1": H200_ROWS}}))
+    assert launch_note("fp8_linear", "NVIDIA H200", tmp_path) == ""  # tuned on this card
+    assert launch_note("rms_norm", "NVIDIA H100 PCIe", tmp_path) == ""  # an op without launch tables
+    borrowed = launch_note("fp8_linear", "NVIDIA H100 80GB HBM3", tmp_path)
+    assert borrowed.startswith("launches tuned on the NVIDIA H200, borrowed")
+    untuned = launch_note("fp8_linear", "NVIDIA H100 PCIe", tmp_path)
+    assert "no launch tuned for the NVIDIA H100 PCIe" in untuned and "--write-table" in untuned
+    assert "folds" not in untuned and "folds" in launch_note("w4a16_linear", "NVIDIA H100 PCIe", tmp_path)
+
+
+def test_the_shipped_tables_cover_both_cards_every_op():
+    from accel_cuda.kernels.tuning import OP_TABLES, launch_note
+
+    for op in OP_TABLES:
+        assert launch_note(op, "NVIDIA H200") == launch_note(op, "NVIDIA H100 80GB HBM3") == "", op
+        assert "borrowed" in launch_note(op, "NVIDIA H800"), op

@@ -171,7 +171,7 @@ def _kernel(registry: PluginRegistry, op: str, fmt: str, capability: CapabilityD
     note = ""
     if native is not None and fmt not in native:
         note = f"{choice.backend}'s {op} runs {fmt} through the portable reference (no vendor operator for it)"
-    return choice.backend, meta["kernel"], note
+    return choice.backend, meta["kernel"], "; ".join(filter(None, [note, choice.note]))
 
 
 def _refusal(kind: str, fmt: str, capability: CapabilityDescriptor) -> str:

@@ -114,10 +114,14 @@ class KernelChoice:
     # activation rows of a dtype on a device with these (prepared) weight arguments and keyword arguments; a caller
     # choosing between two ways of computing the same thing asks it. None: always.
     accepts: Callable[..., bool] | None = None
+    # Optional: what the user should know about this choice on this device (e.g. that no launch was tuned for the
+    # card, so the kernel runs untuned defaults); plans show it beside the layer, artifacts record it.
+    note: str = ""
 
     def meta(self) -> dict[str, str]:
         """Kernel meta as artifacts record it."""
-        return {"op": self.op, "backend": self.backend, "kernel": _qualname(self.impl), "reason": self.reason}
+        meta = {"op": self.op, "backend": self.backend, "kernel": _qualname(self.impl), "reason": self.reason}
+        return {**meta, "note": self.note} if self.note else meta
 
 
 def _qualname(fn: Callable[..., Any]) -> str:

@@ -118,3 +118,20 @@ def test_write_plan_into_a_real_artifact_which_still_verifies(tmp_path):
     assert path.name == "accel-manifest.json"
     assert manifest["kernel_meta"]["mlu"]["plan"]["chip"] == "mlu370"
     assert manifest["kernel_meta"]["mlu"]["plan"]["warnings"] == plan.warnings
+
+
+def test_cuda_layers_say_where_their_launches_were_tuned():
+    """accel-cuda's KernelChoice.note: nothing on a tuned card, the lender on a sibling, "untuned" elsewhere."""
+    cuda = pytest.importorskip("accel_cuda.plugin")
+    if "w4a16_linear" not in cuda.kernels():
+        pytest.skip("accel-cuda without Triton: the reference kernels run, no launch tables")
+    base = FAMILIES["nvidia-h100-sxm"].capability
+    profile = get_preset("w4a16").quantization
+    notes = {}
+    for card in ("NVIDIA H100 80GB HBM3", "NVIDIA H800", "NVIDIA H100 PCIe"):
+        plan = plan_profile(profile, base.model_copy(update={"device_name": card}), REGISTRY, backend="cuda")
+        notes[card] = [layer.note for layer in plan.layers if layer.op == "w4a16_linear"]
+        assert notes[card] and plan.ok, card
+    assert all(note == "" for note in notes["NVIDIA H100 80GB HBM3"])
+    assert all("borrowed" in note and "NVIDIA H200" in note for note in notes["NVIDIA H800"])
+    assert all("no launch tuned for the NVIDIA H100 PCIe" in note for note in notes["NVIDIA H100 PCIe"])

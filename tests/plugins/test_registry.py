@@ -129,3 +129,12 @@ def test_cli_reports_broken_plugin_and_strict_mode_exits_nonzero(install_dist):
     assert check.returncode == 0, check.stderr
     probe = next(p for p in json.loads(check.stdout)["platforms"] if p["name"] == "broken")
     assert probe["platform"] is None and "driver query failed" in probe["error"]
+
+
+def test_kernel_meta_records_a_choice_note_only_when_there_is_one():
+    from accel.plugins import KernelChoice
+
+    plain = KernelChoice(backend="b", op="rms_norm", impl=len)
+    noted = KernelChoice(backend="b", op="rms_norm", impl=len, note="no launch tuned for the X")
+    assert "note" not in plain.meta() and noted.meta()["note"] == "no launch tuned for the X"
+    assert {key: value for key, value in noted.meta().items() if key != "note"} == plain.meta()

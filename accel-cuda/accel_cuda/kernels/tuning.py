@@ -8,7 +8,7 @@ import functools
 import json
 from pathlib import Path
 
-__all__ = ["SIBLINGS", "card_rows", "tuned_table"]
+__all__ = ["OP_TABLES", "SIBLINGS", "card_rows", "launch_note", "tuned_table"]
 
 Table = dict[str, dict[str, dict[str, dict[str, object]]]]
 Rows = dict[str, dict[str, object]]
@@ -43,3 +43,33 @@ def card_rows(table: Table, device_name: str, shape: str) -> Rows | None:
                 if rows is not None:
                     return rows
     return None
+
+
+# The tables each op's kernels plan their launches from (the rest of the ops take no tuned launch).
+OP_TABLES: dict[str, tuple[str, ...]] = {
+    "w4a16_linear": ("w4a16_gemv_tma_configs.json", "wxa16_tma_dot_configs.json", "w4a16_configs.json",
+                     "w4a16_gemv_configs.json"),
+    "w4a16_sparse24_linear": ("w4a16_sparse24_tma_configs.json", "w4a16_sparse24_configs.json"),
+    "dequant_linear": ("wxa16_tma_dot_configs.json",),
+    "w8a8_int8_linear": ("w8a8_tma_configs.json",),
+    "fp8_linear": ("w8a8_tma_configs.json",),
+    "w8a8_scaled_mm": ("w8a8_tma_configs.json",),
+}
+for _fold in ("w4a16_linear_residual", "w4a16_linear_rms", "w4a16_linear_silu_mul", "w4a16_linear_rope_kv"):
+    OP_TABLES[_fold] = ("w4a16_gemv_tma_configs.json",)  # the folds run only on a tuned TMA GEMV launch
+
+
+def launch_note(op: str, device_name: str, directory: Path = Path(__file__).parent) -> str:
+    """What a plan should say about `op`'s launches on this card: "" where they were tuned on it (or the op takes
+    none), the sibling card they are borrowed from, or that the kernels run untuned defaults and how to tune."""
+    tables = [tuned_table(directory / name) for name in OP_TABLES.get(op, ())]
+    if not tables or any(table.get(device_name) for table in tables):
+        return ""
+    family = next((family for family in SIBLINGS if device_name in family), ())
+    lender = next((card for card in family for table in tables if card != device_name and table.get(card)), None)
+    if lender is not None:
+        return (f"launches tuned on the {lender}, borrowed: no rows for the {device_name}, which shares its die, SM "
+                "count and shared memory")
+    folds = ", and no fused-GEMV folds" if "w4a16_gemv_tma_configs.json" in OP_TABLES[op] else ""
+    return (f"no launch tuned for the {device_name}: untuned default launches{folds} (tune with the bench scripts' "
+            "--write-table, bench/README.md)")
