@@ -93,3 +93,13 @@ def test_the_shipped_tables_cover_both_cards_every_op():
     for op in OP_TABLES:
         assert launch_note(op, "NVIDIA H200") == launch_note(op, "NVIDIA H100 80GB HBM3") == "", op
         assert "borrowed" in launch_note(op, "NVIDIA H800"), op
+
+
+def test_a_broken_table_names_the_file_and_the_fix(tmp_path):
+    import pytest
+
+    for name, text in (("bad.json", "{not json"), ("list.json", "[1, 2]"), ("rows.json", '{"NVIDIA H200": 3}')):
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(ValueError, match=f"tuned launch table {path}.*--write-table"):
+            tuned_table(path)

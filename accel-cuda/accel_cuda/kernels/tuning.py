@@ -23,11 +23,19 @@ SIBLINGS: tuple[tuple[str, ...], ...] = (
 
 @functools.cache
 def tuned_table(path: Path) -> Table:
-    """The table at `path`, or empty when no run has written one."""
+    """The table at `path`, or empty when no run has written one; a file that is not a table is an error naming
+    it and the fix."""
     try:
-        return json.loads(path.read_text())
+        table = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"tuned launch table {path}: not JSON ({exc}); restore it from the package, or rewrite it "
+                         "with the bench script's --write-table (bench/README.md)") from exc
+    if not isinstance(table, dict) or not all(isinstance(rows, dict) for rows in table.values()):
+        raise ValueError(f"tuned launch table {path}: expected {{card name: {{shape: {{M: launch}}}}}}; restore it "
+                         "from the package, or rewrite it with the bench script's --write-table (bench/README.md)")
+    return table
 
 
 def card_rows(table: Table, device_name: str, shape: str) -> Rows | None:
